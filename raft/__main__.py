@@ -1,0 +1,3 @@
+from raft.cli import main
+
+main()

@@ -1,0 +1,115 @@
+"""Spec → DeepSpeed config dict. Pure: no Ray, no DeepSpeed import.
+
+raft owns the optimizer and schedule: a torch AdamW and a transformers schedule are handed
+to ``deepspeed.initialize``. The one exception is optimizer offload, where DeepSpeed
+requires its own CPU Adam, so the optimizer is declared in the config instead.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+# Normalisation and embedding weights, and biases, get no weight decay (the usual AdamW
+# recipe from BERT onwards).
+NO_DECAY_MARKERS = ("bias", "LayerNorm.weight", "layer_norm.weight", "layernorm.weight", "norm.weight")
+
+
+def resolve_precision(precision: str, use_gpu: bool, bf16_supported: bool) -> str:
+    """'auto' → bf16 where the GPU supports it, else fp32."""
+    if precision != "auto":
+        return precision
+    return "bf16" if use_gpu and bf16_supported else "fp32"
+
+
+def build_deepspeed_config(spec: Any, precision: str) -> dict[str, Any]:
+    """The DeepSpeed config for one run (per-worker micro batch, ZeRO stage, offload...)."""
+    ds = spec.deepspeed
+    train = spec.train
+    zero: dict[str, Any] = {"stage": ds.zero_stage}
+    if ds.zero_stage >= 2:
+        # Overlap gradient reduction with the backward pass; contiguous grads avoid
+        # fragmentation.
+        zero.update(overlap_comm=True, contiguous_gradients=True)
+    if ds.zero_stage == 3:
+        # Lets the engine gather a full 16-bit state dict on rank 0 for export.
+        zero["stage3_gather_16bit_weights_on_model_save"] = True
+    if ds.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": spec.scaling.use_gpu}
+    if ds.offload_params:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": spec.scaling.use_gpu}
+
+    config: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": train.batch_size,
+        "gradient_accumulation_steps": train.gradient_accumulation_steps,
+        "train_batch_size": train.batch_size * train.gradient_accumulation_steps * spec.scaling.num_workers,
+        "zero_optimization": zero,
+        "bf16": {"enabled": precision == "bf16"},
+        "fp16": {"enabled": precision == "fp16"},
+        # raft prints its own progress; DeepSpeed's per-step lines would drown it.
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+        # raft's torch AdamW is a client optimizer, which ZeRO treats as "untested".
+        "zero_allow_untested_optimizer": True,
+    }
+    if train.max_grad_norm is not None:
+        config["gradient_clipping"] = train.max_grad_norm
+    if ds.offload_optimizer:
+        config["optimizer"] = {
+            "type": "AdamW",
+            "params": {
+                "lr": train.lr,
+                "weight_decay": train.weight_decay,
+                "betas": [0.9, 0.999],
+                "eps": 1e-8,
+            },
+        }
+    return deep_merge(config, ds.config)
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Nested dict merge; ``override`` wins on conflicts."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def uses_client_optimizer(config: dict[str, Any]) -> bool:
+    """True when raft builds the optimizer (the config declares none)."""
+    return "optimizer" not in config
+
+
+def parameter_groups(named_parameters: Any, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: decay for weight matrices, none for biases and norms."""
+    decay, no_decay = [], []
+    for name, parameter in named_parameters:
+        if not parameter.requires_grad:
+            continue
+        target = no_decay if any(marker in name for marker in NO_DECAY_MARKERS) else decay
+        target.append(parameter)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [group for group in groups if group["params"]]
+
+
+def steps_per_epoch(rows_per_worker: int, batch_size: int, accumulation: int) -> int:
+    """Optimizer steps per epoch for one worker's shard (partial last batch included)."""
+    micro_batches = -(-rows_per_worker // batch_size)
+    return max(1, micro_batches // accumulation)
+
+
+def total_steps(rows_per_worker: int, spec: Any) -> int:
+    per_epoch = steps_per_epoch(
+        rows_per_worker, spec.train.batch_size, spec.train.gradient_accumulation_steps
+    )
+    steps = per_epoch * spec.train.epochs
+    return min(steps, spec.train.max_steps) if spec.train.max_steps else steps
+
+
+def warmup_steps(spec: Any, steps: int) -> int:
+    if spec.train.warmup_steps is not None:
+        return spec.train.warmup_steps
+    return int(spec.train.warmup_ratio * steps)

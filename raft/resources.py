@@ -1,0 +1,54 @@
+"""The resource model: what a run reserves, decided before anything is scheduled. Pure.
+
+A Train worker reserves ``scaling.cpus_per_worker`` logical CPUs (and one GPU with
+``use_gpu``) for the whole run. Ray Data's read and tokenize tasks need CPU slots of their
+own while training runs: if the workers hold every logical CPU, the data pipeline never
+gets scheduled and the run waits forever without an error. So raft always keeps
+``DATA_CPUS`` logical CPUs beside the workers:
+
+* a local cluster that raft starts declares workers + ``DATA_CPUS`` logical CPUs, even on
+  a laptop with fewer cores: logical CPUs are reservations, not cores, and tokenizing is
+  light next to the training step;
+* on an existing cluster, raft checks the same total is there before it submits anything
+  and names what is missing, instead of leaving a run pending forever.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+DATA_CPUS = 2
+
+
+def train_cpus(spec: Any) -> float:
+    return spec.scaling.num_workers * spec.scaling.cpus_per_worker
+
+
+def required_cpus(spec: Any) -> float:
+    """Logical CPUs one run needs: its workers plus room for the data pipeline."""
+    return train_cpus(spec) + max(DATA_CPUS, spec.data.cpus_per_task)
+
+
+def local_cluster_cpus(spec: Any) -> int:
+    return math.ceil(required_cpus(spec))
+
+
+def resource_problems(spec: Any, available: dict[str, float]) -> list[str]:
+    """What the cluster lacks for ``spec`` (empty when it fits), in the user's terms."""
+    problems = []
+    cpus = available.get("CPU", 0.0)
+    if cpus < required_cpus(spec):
+        problems.append(
+            f"the cluster has {cpus:g} CPUs; scaling.num_workers={spec.scaling.num_workers} × "
+            f"cpus_per_worker={spec.scaling.cpus_per_worker:g} plus {max(DATA_CPUS, spec.data.cpus_per_task):g} "
+            f"for Ray Data needs {required_cpus(spec):g}"
+        )
+    if spec.scaling.use_gpu:
+        gpus = available.get("GPU", 0.0)
+        if gpus < spec.scaling.num_workers:
+            problems.append(
+                f"the cluster has {gpus:g} GPUs; scaling.use_gpu with num_workers="
+                f"{spec.scaling.num_workers} needs {spec.scaling.num_workers}"
+            )
+    return problems

@@ -1,0 +1,175 @@
+"""Where data lives: format detection, existence and column checks, without Ray.
+
+These run in the driver before any cluster work, so a typo in a path or a column name is
+caught in a second with a message naming it. Local paths and any URI pyarrow's
+filesystems open (s3://, gs://, hdfs://, file://) are accepted.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from dataclasses import dataclass
+
+import pyarrow.fs as pafs
+
+EXTENSIONS = {
+    "jsonl": (".jsonl", ".json", ".jsonl.gz", ".json.gz"),
+    "csv": (".csv", ".csv.gz", ".tsv"),
+    "parquet": (".parquet", ".pq"),
+}
+
+
+class DataError(ValueError):
+    """Data that cannot be used as the spec says. The message names the file and problem."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """A resolved data location: its format and the files it holds."""
+
+    uri: str
+    format: str  # jsonl | csv | parquet | hf
+    files: tuple[str, ...]
+    filesystem: pafs.FileSystem
+
+    @property
+    def is_hf(self) -> bool:
+        return self.format == "hf"
+
+    @property
+    def file_uris(self) -> list[str]:
+        """The files as URIs (for readers that resolve the filesystem themselves)."""
+        scheme = {"gcs": "gs"}.get(self.filesystem.type_name, self.filesystem.type_name)
+        if scheme == "local":
+            return list(self.files)
+        return [f"{scheme}://{path}" for path in self.files]
+
+
+def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    if "://" in uri:
+        try:
+            return pafs.FileSystem.from_uri(uri)
+        except Exception as error:  # pyarrow raises several types for bad URIs
+            raise DataError(f"{uri}: cannot open this URI ({error})") from None
+    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
+
+
+def resolve(uri: str, declared_format: str = "auto", role: str = "data") -> Source:
+    """Find the files behind ``uri`` and decide their format; raise DataError if none."""
+    filesystem, path = _filesystem(uri)
+    if isinstance(filesystem, pafs.LocalFileSystem) and any(ch in path for ch in "*?["):
+        files = sorted(p for p in glob.glob(path) if os.path.isfile(p))
+        if not files:
+            raise DataError(f"{role} {uri!r}: no files match this pattern")
+        return Source(uri, _format_of(files, declared_format, uri, role), tuple(files), filesystem)
+    try:
+        info = filesystem.get_file_info(path)
+    except Exception as error:
+        raise DataError(f"{role} {uri!r}: cannot read ({error})") from None
+    if info.type == pafs.FileType.NotFound:
+        raise DataError(f"{role} {uri!r} does not exist")
+    if info.type == pafs.FileType.File:
+        return Source(uri, _format_of([path], declared_format, uri, role), (path,), filesystem)
+    # A folder: a saved Hugging Face dataset, or a folder of data files.
+    children = filesystem.get_file_info(pafs.FileSelector(path, recursive=True))
+    names = {os.path.basename(c.path) for c in children}
+    if declared_format == "hf" or {"dataset_info.json", "state.json", "dataset_dict.json"} & names:
+        return Source(uri, "hf", (path,), filesystem)
+    files = sorted(
+        c.path
+        for c in children
+        if c.type == pafs.FileType.File and not os.path.basename(c.path).startswith((".", "_"))
+    )
+    if not files:
+        raise DataError(f"{role} {uri!r} is an empty folder")
+    return Source(uri, _format_of(files, declared_format, uri, role), tuple(files), filesystem)
+
+
+def _format_of(files: list[str], declared: str, uri: str, role: str) -> str:
+    if declared != "auto":
+        return declared
+    found = set()
+    for name in files:
+        lowered = name.lower()
+        match = [fmt for fmt, exts in EXTENSIONS.items() if lowered.endswith(exts)]
+        if not match:
+            raise DataError(
+                f"{role} {uri!r}: cannot tell the format of {os.path.basename(name)!r}; "
+                "use .jsonl, .csv or .parquet, or set data.format"
+            )
+        found.add(match[0])
+    if len(found) > 1:
+        raise DataError(f"{role} {uri!r} mixes formats {sorted(found)}; keep one per location")
+    return found.pop()
+
+
+def peek_columns(source: Source, split: str | None = None) -> list[str]:
+    """Column names, read from the first file only (cheap even for large data)."""
+    first = source.files[0]
+    try:
+        if source.format == "parquet":
+            import pyarrow.parquet as pq
+
+            return list(pq.read_schema(first, filesystem=source.filesystem).names)
+        if source.format == "hf":
+            return list(_hf_split(source, split).column_names)
+        with source.filesystem.open_input_stream(first, compression="detect") as stream:
+            head = stream.read(1 << 20)
+    except DataError:
+        raise
+    except Exception as error:
+        raise DataError(f"{source.uri}: cannot read {os.path.basename(first)!r} ({error})") from None
+    text = head.decode("utf-8", errors="replace")
+    if source.format == "csv":
+        import csv
+
+        header = next(csv.reader([text.splitlines()[0] if text else ""]), [])
+        return [h.strip() for h in header]
+    columns: dict[str, None] = {}
+    lines = text.splitlines()[:-1] if len(head) == 1 << 20 else text.splitlines()
+    for number, line in enumerate(lines[:100], start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise DataError(f"{first}, line {number}: not valid JSON ({error.msg})") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{first}, line {number}: each line must be a JSON object")
+        columns.update(dict.fromkeys(row))
+    return list(columns)
+
+
+def _hf_split(source: Source, split: str | None):
+    import datasets
+
+    loaded = datasets.load_from_disk(source.uri)
+    if isinstance(loaded, datasets.DatasetDict):
+        if split not in loaded:
+            raise DataError(f"{source.uri}: no split {split!r}; it has {sorted(loaded)}")
+        return loaded[split]
+    return loaded
+
+
+def has_split(source: Source, split: str) -> bool:
+    import datasets
+
+    loaded = datasets.load_from_disk(source.uri)
+    return isinstance(loaded, datasets.DatasetDict) and split in loaded
+
+
+def load_hf(source: Source, split: str | None):
+    """The ``datasets.Dataset`` saved at ``source`` (one split of a DatasetDict)."""
+    return _hf_split(source, split)
+
+
+def check_columns(source: Source, required: list[str], role: str, split: str | None = None) -> None:
+    columns = peek_columns(source, split)
+    missing = [c for c in required if c not in columns]
+    if missing:
+        raise DataError(
+            f"{role} {source.uri!r} has no column(s) {missing}; it has {columns}. "
+            "Set the task's *_column fields to match."
+        )

@@ -1,0 +1,334 @@
+"""The run spec: one YAML file, validated in full before anything expensive starts.
+
+``load_spec("run.yaml", ["train.lr=3e-4"])`` reads the file, applies ``key=value``
+overrides, and validates against the schema built from the registered task families and
+techniques. Every problem is reported at once, each with its dotted path. Pure: no Ray.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import (
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    confloat,
+    model_validator,
+)
+
+from raft import registry
+from raft.registry import SectionModel
+
+
+class SpecError(ValueError):
+    """A spec that cannot run. ``problems`` holds one line per problem, path first."""
+
+    def __init__(self, problems: list[str], source: str | None = None):
+        self.problems = problems
+        self.source = source
+        where = f" in {source}" if source else ""
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"{len(problems)} problem(s){where}:\n{lines}")
+
+
+# -- sections -------------------------------------------------------------------------
+class ModelSection(SectionModel):
+    path: str = Field(
+        description="Folder of a pretrained Hugging Face model (config.json + safetensors "
+        "weights + tokenizer), or package:NAME/sub/folder for a model shipped inside an "
+        "installed Python package. Must be readable on every node of the cluster."
+    )
+    trust_remote_code: bool = Field(
+        False, description="Allow the model folder's own Python code to run. Off by default."
+    )
+
+
+class DataSection(SectionModel):
+    train: str = Field(
+        description="Training data: a file, a folder, a glob, or a URI pyarrow can open "
+        "(s3://, gs://, hdfs://); jsonl, csv, parquet, or a Hugging Face dataset saved with "
+        "save_to_disk."
+    )
+    validation: str | None = Field(
+        None, description="Validation data in the same forms. Default: split off the training data."
+    )
+    validation_fraction: confloat(gt=0.0, lt=1.0) | None = Field(
+        None,
+        description="Fraction of the training data held out for validation when no "
+        "validation file is given (default 0.1), chosen with train.seed.",
+    )
+    format: Literal["auto", "jsonl", "csv", "parquet", "hf"] = Field(
+        "auto", description="File format; auto decides from the file extension or folder."
+    )
+    train_split: str = Field("train", description="Split to train on in a saved DatasetDict.")
+    validation_split: str = Field(
+        "validation", description="Split to validate on in a saved DatasetDict, when present."
+    )
+    cpus_per_task: PositiveFloat = Field(
+        1.0, description="Logical CPUs each Ray Data preprocessing task reserves."
+    )
+
+    @model_validator(mode="after")
+    def _one_validation_source(self) -> DataSection:
+        if self.validation is not None and self.validation_fraction is not None:
+            raise ValueError("give data.validation or data.validation_fraction, not both")
+        return self
+
+
+class TrainSection(SectionModel):
+    epochs: PositiveInt = Field(3, description="Passes over the training data.")
+    max_steps: PositiveInt | None = Field(
+        None, description="Stop after this many optimizer steps (across epochs), if set."
+    )
+    batch_size: PositiveInt = Field(
+        16, description="Examples per worker per forward pass (DeepSpeed's micro batch)."
+    )
+    gradient_accumulation_steps: PositiveInt = Field(
+        1, description="Micro batches summed before each optimizer step."
+    )
+    lr: PositiveFloat = Field(5e-5, description="Peak learning rate (AdamW).")
+    weight_decay: NonNegativeFloat = Field(
+        0.0, description="AdamW weight decay; not applied to biases and norm weights."
+    )
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
+        "linear", description="Learning-rate schedule after warmup."
+    )
+    warmup_ratio: confloat(ge=0.0, lt=1.0) = Field(
+        0.0, description="Fraction of all optimizer steps spent warming up."
+    )
+    warmup_steps: NonNegativeInt | None = Field(
+        None, description="Warmup in optimizer steps; overrides warmup_ratio."
+    )
+    max_grad_norm: PositiveFloat | None = Field(
+        1.0, description="Clip the global gradient norm to this (null: no clipping)."
+    )
+    seed: int = Field(42, description="Seed for model init, dropout and the validation split.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 on GPUs that support it, fp32 otherwise (and on CPU)."
+    )
+    log_every_n_steps: PositiveInt = Field(10, description="Print progress every N steps.")
+    checkpoint_every_n_steps: PositiveInt | None = Field(
+        None, description="Also checkpoint every N optimizer steps (always at epoch end)."
+    )
+
+    @model_validator(mode="after")
+    def _warmup_once(self) -> TrainSection:
+        if self.warmup_steps is not None and self.warmup_ratio > 0:
+            raise ValueError("give train.warmup_steps or train.warmup_ratio, not both")
+        return self
+
+
+class ScalingSection(SectionModel):
+    num_workers: PositiveInt = Field(2, description="Ray Train workers (one process each).")
+    use_gpu: bool = Field(False, description="One GPU per worker and NCCL; CPU and gloo otherwise.")
+    cpus_per_worker: PositiveFloat = Field(
+        1.0, description="Logical CPUs each worker reserves; also its torch thread count."
+    )
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        "PACK", description="How workers are placed on nodes (Ray placement group strategy)."
+    )
+    max_failures: NonNegativeInt = Field(
+        0, description="Restarts from the last checkpoint after a worker failure."
+    )
+
+
+class DeepSpeedSection(SectionModel):
+    zero_stage: Literal[0, 1, 2, 3] = Field(
+        0, description="ZeRO stage: 0 replicate, 1 shard optimizer state, 2 + gradients, 3 + parameters."
+    )
+    offload_optimizer: bool = Field(
+        False, description="Keep optimizer state in CPU memory (ZeRO 1-3; DeepSpeed's CPU Adam)."
+    )
+    offload_params: bool = Field(False, description="Keep parameters in CPU memory (ZeRO 3).")
+    config: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Raw DeepSpeed config merged over the one raft builds (advanced).",
+    )
+
+    @model_validator(mode="after")
+    def _offload_needs_zero(self) -> DeepSpeedSection:
+        if self.offload_params and self.zero_stage != 3:
+            raise ValueError("offload_params needs zero_stage: 3")
+        if self.offload_optimizer and self.zero_stage == 0:
+            raise ValueError("offload_optimizer needs zero_stage 1, 2 or 3")
+        return self
+
+
+class OutputSection(SectionModel):
+    dir: str = Field("runs", description="Where runs are written (local path or shared URI).")
+    name: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="Run name: the folder under dir. Default: <task>-<technique>-<timestamp>.",
+    )
+    merge_adapter: bool = Field(False, description="Export the base model with the adapter merged in (LoRA).")
+    num_checkpoints_to_keep: PositiveInt = Field(2, description="Newest checkpoints kept.")
+
+
+def _union(classes: list[type]) -> Any:
+    if len(classes) == 1:
+        return classes[0]
+    return Annotated[Union[tuple(classes)], Field(discriminator="type")]  # noqa: UP007
+
+
+def _build_run_spec() -> type[SectionModel]:
+    task_union = _union([task.spec_class for task in registry.tasks().values()])
+    technique_union = _union(list(registry.techniques().values()))
+
+    class RunSpec(SectionModel):
+        model: ModelSection
+        task: task_union  # type: ignore[valid-type]
+        technique: technique_union = Field(  # type: ignore[valid-type]
+            default_factory=lambda: registry.techniques()["full"]()
+        )
+        data: DataSection
+        train: TrainSection = Field(default_factory=TrainSection)
+        scaling: ScalingSection = Field(default_factory=ScalingSection)
+        deepspeed: DeepSpeedSection = Field(default_factory=DeepSpeedSection)
+        output: OutputSection = Field(default_factory=OutputSection)
+
+        @model_validator(mode="after")
+        def _cross_section_rules(self) -> RunSpec:
+            problems = cross_section_problems(self)
+            if problems:
+                raise ValueError("; ".join(problems))
+            return self
+
+        @property
+        def run_name(self) -> str:
+            return self.output.name or default_run_name(self)
+
+    return RunSpec
+
+
+def cross_section_problems(spec: Any) -> list[str]:
+    """Rules that span sections (each message starts with the path it is about)."""
+    problems = []
+    task = registry.get_task(spec.task.type)
+    reason = registry.unsupported_reason(spec.technique.type, task)
+    if reason:
+        problems.append(f"technique.type: {spec.technique.type} cannot train {task.name}: {reason}")
+    if spec.output.merge_adapter and not type(spec.technique).mergeable:
+        problems.append(f"output.merge_adapter: technique {spec.technique.type} has no adapter to merge")
+    if spec.train.precision in ("bf16", "fp16") and not spec.scaling.use_gpu:
+        problems.append(
+            f"train.precision: {spec.train.precision} needs scaling.use_gpu: true (CPU trains in fp32)"
+        )
+    return problems
+
+
+RunSpec = _build_run_spec()
+RunSpec.__qualname__ = RunSpec.__name__  # picklable by reference, like any module-level class
+
+
+def default_run_name(spec: Any) -> str:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return f"{spec.task.type}-{spec.technique.type}-{stamp}"
+
+
+# -- loading --------------------------------------------------------------------------
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``train.lr=3e-4`` → (["train", "lr"], 3e-4). Values are parsed as YAML."""
+    key, sep, raw = text.partition("=")
+    if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*", key.strip()):
+        raise SpecError([f"override {text!r}: expected dotted.key=value"])
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as error:
+        raise SpecError([f"{key}: value {raw!r} is not valid YAML ({error})"]) from None
+    return key.strip().split("."), value
+
+
+def apply_overrides(document: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of ``document`` with each ``key=value`` set; problems all at once."""
+    document = copy.deepcopy(document)
+    problems = []
+    for text in overrides:
+        try:
+            path, value = parse_override(text)
+        except SpecError as error:
+            problems.extend(error.problems)
+            continue
+        node = document
+        for depth, key in enumerate(path[:-1]):
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                problems.append(f"{'.'.join(path[: depth + 1])}: is not a section, cannot set {text!r}")
+                break
+            node = child
+        else:
+            node[path[-1]] = value
+    if problems:
+        raise SpecError(problems)
+    return document
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError([f"spec file {str(path)!r} does not exist"])
+    try:
+        document = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise SpecError([f"not valid YAML: {error}"], source=str(path)) from None
+    if not isinstance(document, dict):
+        raise SpecError(["the spec must be a mapping of sections"], source=str(path))
+    return document
+
+
+def validate(document: dict[str, Any], source: str | None = None) -> Any:
+    """Validate a spec mapping; raise SpecError listing every problem with its path."""
+    try:
+        return RunSpec.model_validate(document)
+    except ValidationError as error:
+        raise SpecError(format_errors(error), source=source) from None
+
+
+def load_spec(path: str | Path, overrides: list[str] | None = None) -> Any:
+    document = apply_overrides(read_yaml(path), overrides or [])
+    return validate(document, source=str(path))
+
+
+def format_errors(error: ValidationError) -> list[str]:
+    tags = set(registry.tasks()) | set(registry.techniques())
+    lines = []
+    for item in error.errors():
+        loc = [str(part) for part in item["loc"]]
+        # Drop the union tag pydantic inserts: task.sequence_classification.x → task.x.
+        if len(loc) >= 2 and loc[0] in ("task", "technique") and loc[1] in tags:
+            loc = loc[:1] + loc[2:]
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown key (not part of the spec; check the spelling)"
+        elif item["type"] == "missing":
+            message = "required"
+        elif item["type"] == "union_tag_invalid":
+            message = f"unknown type {item['input'].get('type')!r}; known: {sorted(_tags_for(loc))}"
+        elif item["type"] == "union_tag_not_found":
+            message = f"needs a type; known: {sorted(_tags_for(loc))}"
+        if (
+            item["type"] not in ("missing", "extra_forbidden")
+            and "input" in item
+            and not isinstance(item["input"], dict)
+        ):
+            message += f" (got {item['input']!r})"
+        lines.append(f"{'.'.join(loc) or '(spec)'}: {message}")
+    return lines
+
+
+def _tags_for(loc: list[str]) -> list[str]:
+    return list(registry.tasks()) if loc and loc[0] == "task" else list(registry.techniques())
+
+
+def dump_spec(spec: Any) -> str:
+    """The resolved spec as YAML (saved with every run and exported model)."""
+    return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,99 @@
+"""What every task family provides. A family is mostly data plus a few small functions.
+
+Pure: no Ray import. The Ray glue (``raft.data``, ``raft.train``) calls these.
+"""
+
+from __future__ import annotations
+
+import functools
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from raft.labels import LabelMap
+from raft.registry import TaskSpec
+
+
+class Task(ABC):
+    """One task family: which model class, how rows become features, how to score."""
+
+    name: ClassVar[str]
+    spec_class: ClassVar[type[TaskSpec]]
+    # peft's TaskType for adapters on this family (e.g. "SEQ_CLS").
+    peft_task_type: ClassVar[str]
+    # Validation metric the run summary leads with, and whether higher is better.
+    primary_metric: ClassVar[str]
+    primary_mode: ClassVar[str] = "max"
+
+    # -- data ---------------------------------------------------------------------
+    @abstractmethod
+    def required_columns(self, spec: Any) -> list[str]:
+        """Columns every input row must have."""
+
+    def label_column(self, spec: Any) -> str | None:
+        """The column holding class labels, when the family has a label set to learn."""
+        return None
+
+    @abstractmethod
+    def preprocess(
+        self, batch: dict[str, np.ndarray], spec: Any, model_path: str, labels: LabelMap | None
+    ) -> dict[str, np.ndarray]:
+        """Rows (a column batch) → model features. Runs inside Ray Data ``map_batches``."""
+
+    @abstractmethod
+    def collate(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        """Feature batch → tensors for one forward pass."""
+
+    # -- model --------------------------------------------------------------------
+    @abstractmethod
+    def build_model(
+        self, model_path: str, spec: Any, labels: LabelMap | None, trust_remote_code: bool
+    ) -> torch.nn.Module:
+        """Load the pretrained model from a local folder, with a fresh head if needed."""
+
+    def lora_targets(self, model: torch.nn.Module) -> list[str]:
+        """Default LoRA target modules: peft's table for this architecture, else q/v-like."""
+        from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+
+        model_type = getattr(getattr(model, "config", None), "model_type", None)
+        if model_type in TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING:
+            return list(TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING[model_type])
+        names = {
+            name.rsplit(".", 1)[-1]
+            for name, module in model.named_modules()
+            if isinstance(module, torch.nn.Linear)
+        }
+        guesses = [n for n in ("q_proj", "v_proj", "query", "value", "q", "v") if n in names]
+        if not guesses:
+            raise ValueError(
+                f"no default LoRA target modules for model type {model_type!r}; set technique.target_modules"
+            )
+        return guesses
+
+    # -- evaluation ---------------------------------------------------------------
+    @abstractmethod
+    def empty_stats(self, num_labels: int) -> np.ndarray:
+        """Zero statistics (what a worker with no validation rows contributes)."""
+
+    @abstractmethod
+    def eval_stats(self, outputs: Any, batch: dict[str, torch.Tensor], num_labels: int) -> np.ndarray:
+        """Sufficient statistics of one batch; summed over batches and workers."""
+
+    @abstractmethod
+    def metrics(self, stats: np.ndarray) -> dict[str, float]:
+        """Metrics from summed statistics."""
+
+    # -- tests --------------------------------------------------------------------
+    @abstractmethod
+    def tiny_config(self, **overrides: Any) -> Any:
+        """A few-thousand-parameter config of this family's reference architecture."""
+
+
+@functools.lru_cache(maxsize=4)
+def load_tokenizer(model_path: str, trust_remote_code: bool = False) -> Any:
+    """Tokenizer from a local model folder, cached per process (Ray Data reuses workers)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)

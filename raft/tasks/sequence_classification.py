@@ -1,0 +1,144 @@
+"""Encoder sequence classification: sentiment, spam, topics, NLI (a text pair).
+
+``AutoModelForSequenceClassification`` with a new head sized to the classes found in the
+training data (or listed in ``task.labels``). Metrics: accuracy and macro-F1.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import Field, PositiveInt
+
+from raft.labels import LabelMap
+from raft.metrics import classification_metrics, confusion_matrix
+from raft.registry import TaskSpec, register_task
+from raft.tasks.base import Task, load_tokenizer
+
+
+class SequenceClassificationSpec(TaskSpec):
+    type: Literal["sequence_classification"] = "sequence_classification"
+    text_column: str = Field("text", description="Column with the text to classify.")
+    text_pair_column: str | None = Field(
+        None, description="Optional second text column (NLI premise/hypothesis, QA pairs)."
+    )
+    label_column: str = Field("label", description="Column with class names or integer ids.")
+    labels: list[str] | None = Field(
+        None,
+        min_length=2,
+        description="Class names in id order. Default: the sorted labels found in the "
+        "training data (integer labels keep their values as ids).",
+    )
+    max_length: PositiveInt = Field(128, description="Tokens per example; longer text is cut.")
+
+
+class SequenceClassification(Task):
+    name = "sequence_classification"
+    spec_class = SequenceClassificationSpec
+    peft_task_type = "SEQ_CLS"
+    primary_metric = "accuracy"
+
+    def required_columns(self, spec: SequenceClassificationSpec) -> list[str]:
+        columns = [spec.text_column, spec.label_column]
+        return columns + ([spec.text_pair_column] if spec.text_pair_column else [])
+
+    def label_column(self, spec: SequenceClassificationSpec) -> str:
+        return spec.label_column
+
+    def preprocess(
+        self,
+        batch: dict[str, np.ndarray],
+        spec: SequenceClassificationSpec,
+        model_path: str,
+        labels: LabelMap | None,
+    ) -> dict[str, np.ndarray]:
+        tokenizer = load_tokenizer(model_path)
+        texts = _texts(batch[spec.text_column], spec.text_column)
+        pairs = _texts(batch[spec.text_pair_column], spec.text_pair_column) if spec.text_pair_column else None
+        # Pad to max_length here so every block has one shape; collate trims the padding
+        # that no row in the batch needs.
+        encoded = tokenizer(
+            texts,
+            pairs,
+            truncation=True,
+            max_length=spec.max_length,
+            padding="max_length",
+            return_tensors="np",
+        )
+        features = {key: np.asarray(value, dtype=np.int64) for key, value in encoded.items()}
+        if labels is not None:
+            features["labels"] = np.asarray(labels.encode(batch[spec.label_column]), dtype=np.int64)
+        return features
+
+    def collate(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        return trim_padding({key: torch.from_numpy(np.array(value)) for key, value in batch.items()})
+
+    def build_model(
+        self,
+        model_path: str,
+        spec: SequenceClassificationSpec,
+        labels: LabelMap | None,
+        trust_remote_code: bool = False,
+    ) -> torch.nn.Module:
+        from transformers import AutoModelForSequenceClassification
+
+        if labels is None:
+            raise ValueError("sequence classification needs a label set")
+        return AutoModelForSequenceClassification.from_pretrained(
+            model_path,
+            num_labels=labels.num_labels,
+            id2label=labels.id2label,
+            label2id=labels.label2id,
+            trust_remote_code=trust_remote_code,
+            use_safetensors=True,
+        )
+
+    def empty_stats(self, num_labels: int) -> np.ndarray:
+        return np.zeros((num_labels, num_labels), dtype=np.int64)
+
+    def eval_stats(self, outputs: Any, batch: dict[str, torch.Tensor], num_labels: int) -> np.ndarray:
+        predictions = outputs.logits.argmax(dim=-1).cpu().numpy()
+        return confusion_matrix(batch["labels"].cpu().numpy(), predictions, num_labels)
+
+    def metrics(self, stats: np.ndarray) -> dict[str, float]:
+        return classification_metrics(stats)
+
+    def tiny_config(self, **overrides: Any) -> Any:
+        from transformers import BertConfig
+
+        settings = dict(
+            vocab_size=1024,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=128,
+        )
+        settings.update(overrides)
+        return BertConfig(**settings)
+
+
+def _texts(column: np.ndarray, name: str) -> list[str]:
+    texts = []
+    for value in column:
+        if value is None or (isinstance(value, float) and np.isnan(value)):
+            raise ValueError(f"column {name!r} has an empty value")
+        texts.append(str(value))
+    return texts
+
+
+def trim_padding(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Cut sequence columns to the longest row in the batch (right padding assumed)."""
+    mask = batch.get("attention_mask")
+    if mask is None or mask.dim() != 2:
+        return batch
+    longest = int(mask.sum(dim=1).max().item()) or 1
+    return {
+        key: value[:, :longest] if value.dim() == 2 and value.shape[1] == mask.shape[1] else value
+        for key, value in batch.items()
+    }
+
+
+register_task(SequenceClassification())

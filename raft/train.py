@@ -1,0 +1,183 @@
+"""``raft train``: check everything, then run the spec on Ray Train and export the model.
+
+raft train examples/minilm_topics_lora.yaml                  # a local cluster raft starts
+raft train spec.yaml --address ray://head:10001 scaling.num_workers=8 scaling.use_gpu=true
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from raft import data, registry
+from raft.cluster import connect
+from raft.labels import LabelMap
+from raft.sources import DataError
+from raft.spec import dump_spec
+from raft.worker import MODEL_DIR, train_loop_per_worker
+
+
+class RunError(RuntimeError):
+    """The run cannot start: bad paths, or output that would be overwritten."""
+
+
+class TrainingFailed(RuntimeError):
+    """Training started and failed (a worker error, lost workers past max_failures)."""
+
+
+@dataclass
+class TrainOutcome:
+    run_dir: Path
+    model_dir: Path
+    history: list[dict[str, Any]]
+    summary: dict[str, Any]
+
+
+def run_dir_of(spec: Any) -> Path:
+    return Path(spec.output.dir).expanduser().absolute() / spec.run_name
+
+
+def resolve_model_path(path: str) -> str:
+    """``package:NAME/sub/dir`` → the folder inside the installed Python package NAME;
+    a relative path → absolute (workers and exported adapters must not depend on the cwd)."""
+    if path.startswith("package:"):
+        import importlib.util
+
+        package, _, inner = path.removeprefix("package:").partition("/")
+        found = importlib.util.find_spec(package) if package else None
+        if found is None or not found.submodule_search_locations:
+            raise RunError(f"model.path {path!r}: Python package {package!r} is not installed")
+        return str(Path(next(iter(found.submodule_search_locations)), inner))
+    return os.path.abspath(os.path.expanduser(path))
+
+
+def resolve_paths(spec: Any) -> Any:
+    updates = {"model": spec.model.model_copy(update={"path": resolve_model_path(spec.model.path)})}
+    name = spec.run_name
+    updates["output"] = spec.output.model_copy(
+        update={"name": name, "dir": str(Path(spec.output.dir).expanduser().absolute())}
+    )
+    return spec.model_copy(update=updates)
+
+
+def check_model_path(spec: Any) -> None:
+    path = Path(spec.model.path)
+    if not path.is_dir():
+        raise RunError(f"model.path {spec.model.path!r} is not a folder (raft loads local model folders)")
+    if not (path / "config.json").is_file():
+        raise RunError(
+            f"model.path {spec.model.path!r} has no config.json; is it a Hugging Face model folder?"
+        )
+    if not any(path.glob("*.safetensors")):
+        raise RunError(
+            f"model.path {spec.model.path!r} has no *.safetensors weights (raft loads safetensors only)"
+        )
+
+
+def preflight(spec: Any) -> Any:
+    """Every check that needs no cluster: returns the spec with resolved paths."""
+    spec = resolve_paths(spec)
+    check_model_path(spec)
+    data.resolve_sources(spec)
+    model_dir = run_dir_of(spec) / MODEL_DIR
+    if model_dir.exists():
+        raise RunError(
+            f"run {spec.run_name!r} already finished: its model is at {model_dir}. "
+            "Choose another output.name to train again."
+        )
+    return spec
+
+
+def fit(spec: Any, address: str | None = None, verbose: bool = False) -> TrainOutcome:
+    """Train ``spec`` on Ray and export the model; raises RunError/DataError on bad input."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    started = time.perf_counter()
+    spec = preflight(spec)
+    run_dir = run_dir_of(spec)
+    with connect(spec, address, verbose=verbose):
+        prepared = data.prepare(spec)
+        rows_per_worker = prepared.train_rows // spec.scaling.num_workers
+        if rows_per_worker == 0:
+            raise DataError(
+                f"data.train has {prepared.train_rows} rows, fewer than scaling.num_workers="
+                f"{spec.scaling.num_workers}"
+            )
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "spec.yaml").write_text(dump_spec(spec))
+        print(
+            f"[raft] run {spec.run_name}: {prepared.train_rows} training rows, "
+            f"{prepared.validation_rows} validation rows"
+            + (f", {prepared.labels.num_labels} classes" if prepared.labels else "")
+            + f" → {run_dir}",
+            flush=True,
+        )
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config={
+                "spec": spec.model_dump(mode="json"),
+                "labels": list(prepared.labels.names) if prepared.labels else None,
+                "rows_per_worker": rows_per_worker,
+            },
+            scaling_config=ScalingConfig(
+                num_workers=spec.scaling.num_workers,
+                use_gpu=spec.scaling.use_gpu,
+                resources_per_worker={"CPU": spec.scaling.cpus_per_worker}
+                | ({"GPU": 1} if spec.scaling.use_gpu else {}),
+                placement_strategy=spec.scaling.placement_strategy,
+            ),
+            run_config=RunConfig(
+                name=spec.run_name,
+                storage_path=str(run_dir.parent),
+                checkpoint_config=CheckpointConfig(num_to_keep=spec.output.num_checkpoints_to_keep),
+                failure_config=FailureConfig(max_failures=spec.scaling.max_failures),
+            ),
+            datasets={"train": prepared.train, "validation": prepared.validation},
+        )
+        try:
+            result = trainer.fit()
+        except Exception as error:
+            raise TrainingFailed(f"training failed: {error}") from error
+        if result.error is not None:
+            raise TrainingFailed(f"training failed: {result.error}")
+        if result.checkpoint is None:
+            raise TrainingFailed("training finished without a checkpoint; nothing to export")
+        with result.checkpoint.as_directory() as checkpoint_dir:
+            from raft.export import export_model
+
+            model_dir = export_model(
+                Path(checkpoint_dir) / MODEL_DIR, run_dir / MODEL_DIR, spec, prepared.labels
+            )
+
+    summary = _summary(
+        spec, prepared.labels, result.return_value or {}, time.perf_counter() - started, model_dir
+    )
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return TrainOutcome(run_dir, model_dir, summary["history"], summary)
+
+
+def _summary(
+    spec: Any, labels: LabelMap | None, returned: dict, wall_seconds: float, model_dir: Path
+) -> dict:
+    task = registry.get_task(spec.task.type)
+    history = returned.get("history", [])
+    key = f"val_{task.primary_metric}"
+    return {
+        "run": spec.run_name,
+        "model_dir": str(model_dir),
+        "primary_metric": key,
+        "before": history[0].get(key) if history else None,
+        "after": history[-1].get(key) if history else None,
+        "history": history,
+        "parameters": returned.get("parameters"),
+        "precision": returned.get("precision"),
+        "train_seconds": returned.get("train_seconds"),
+        "samples_per_second_per_worker": returned.get("samples_per_second_per_worker"),
+        "wall_seconds": wall_seconds,
+        "labels": list(labels.names) if labels else None,
+    }

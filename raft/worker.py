@@ -1,0 +1,350 @@
+"""The per-worker training loop: what every Ray Train worker runs.
+
+Reads like a recipe: build the model, apply the technique, hand it to DeepSpeed, restore
+a checkpoint if Ray Train gives one, then train, evaluate and report each epoch. Each step
+is a short function below.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray.train
+import torch
+import torch.distributed as dist
+
+from raft import registry
+from raft.deepspeed_config import (
+    build_deepspeed_config,
+    parameter_groups,
+    resolve_precision,
+    total_steps,
+    uses_client_optimizer,
+    warmup_steps,
+)
+from raft.labels import LabelMap
+
+STATE_FILE = "trainer_state.json"
+MODEL_DIR = "model"
+DEEPSPEED_DIR = "deepspeed"
+DEEPSPEED_TAG = "state"
+
+
+@dataclass
+class TrainState:
+    """Where training stands; saved in every checkpoint so a restart resumes exactly."""
+
+    epoch: int = 0  # epochs fully finished
+    global_step: int = 0  # optimizer steps taken
+    batches_into_epoch: int = 0  # micro batches of the current epoch already trained
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
+    """Entry point handed to ``TorchTrainer``; ``config`` comes from ``raft.train``."""
+    from raft.spec import RunSpec
+
+    spec = RunSpec.model_validate(config["spec"])
+    if not spec.scaling.use_gpu:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # skip DeepSpeed's GPU probing
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    _set_process_env(context)
+    torch.set_num_threads(max(1, int(spec.scaling.cpus_per_worker)))
+    _seed_everything(spec.train.seed)
+
+    task = registry.get_task(spec.task.type)
+    labels = LabelMap(tuple(config["labels"])) if config["labels"] else None
+    steps = total_steps(config["rows_per_worker"], spec)
+    precision = resolve_precision(spec.train.precision, spec.scaling.use_gpu, _bf16_supported())
+    ds_config = build_deepspeed_config(spec, precision)
+
+    model = _build_model(spec, task, labels, ds_config)
+    trainable, total = _count_parameters(model)
+    log = _Logger(rank)
+    log(
+        f"model: {total:,} parameters, {trainable:,} trainable ({100 * trainable / max(total, 1):.2f}%) "
+        f"· {spec.technique.type} · ZeRO {spec.deepspeed.zero_stage} · {precision} · {world_size} workers"
+    )
+    engine = _deepspeed_engine(model, spec, ds_config, steps)
+    device = engine.device
+
+    state = _restore(engine, spec, log) or TrainState()
+    train_shard = ray.train.get_dataset_shard("train")
+    validation_shard = ray.train.get_dataset_shard("validation")
+    num_labels = labels.num_labels if labels else 0
+
+    if not state.history:
+        initial = _evaluate(engine, validation_shard, task, spec, num_labels, device)
+        initial.update(epoch=0, global_step=0)
+        state.history.append(initial)
+        log(f"before training: {_format(initial)}")
+
+    loop_start, samples_seen = time.perf_counter(), 0
+    while state.epoch < spec.train.epochs and not _done(state, spec):
+        epoch_stats = _train_one_epoch(engine, train_shard, task, spec, state, steps, device, log)
+        samples_seen += epoch_stats["samples"]
+        state.epoch += 1
+        state.batches_into_epoch = 0
+        metrics = _evaluate(engine, validation_shard, task, spec, num_labels, device)
+        metrics.update(
+            epoch=state.epoch,
+            global_step=state.global_step,
+            train_loss=epoch_stats["loss"],
+            samples_per_second=epoch_stats["samples_per_second"],
+        )
+        state.history.append(metrics)
+        log(f"epoch {state.epoch}/{spec.train.epochs}: {_format(metrics)}")
+        _report(engine, spec, state, metrics)
+
+    elapsed = time.perf_counter() - loop_start
+    return (
+        {
+            "history": state.history,
+            "parameters": {"trainable": trainable, "total": total},
+            "train_seconds": elapsed,
+            "samples_per_second_per_worker": samples_seen / elapsed if elapsed > 0 else 0.0,
+            "precision": precision,
+        }
+        if rank == 0
+        else None
+    )
+
+
+# -- set-up ---------------------------------------------------------------------------
+def _set_process_env(context: Any) -> None:
+    # DeepSpeed reads these; Ray Train has already set up torch.distributed.
+    os.environ["RANK"] = str(context.get_world_rank())
+    os.environ["WORLD_SIZE"] = str(context.get_world_size())
+    os.environ["LOCAL_RANK"] = str(context.get_local_rank())
+    os.environ["LOCAL_WORLD_SIZE"] = str(context.get_local_world_size())
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _bf16_supported() -> bool:
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def _build_model(spec: Any, task: Any, labels: LabelMap | None, ds_config: dict) -> torch.nn.Module:
+    hf_ds_config = None
+    if spec.deepspeed.zero_stage == 3:
+        # Alive during from_pretrained: transformers then loads the weights straight into
+        # ZeRO-3 partitions, so no worker ever holds the whole model.
+        from transformers.integrations import HfDeepSpeedConfig
+
+        hf_ds_config = HfDeepSpeedConfig(ds_config)  # noqa: F841
+    model = task.build_model(spec.model.path, spec.task, labels, spec.model.trust_remote_code)
+    model = registry.apply_technique(model, spec.technique, task)
+    model._raft_hf_ds_config = hf_ds_config  # keep the weak global reference alive
+    return model
+
+
+def _count_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    def numel(p: torch.nn.Parameter) -> int:
+        return int(getattr(p, "ds_numel", p.numel()))  # ZeRO-3 partitions report ds_numel
+
+    trainable = sum(numel(p) for p in model.parameters() if p.requires_grad)
+    return trainable, sum(numel(p) for p in model.parameters())
+
+
+def _deepspeed_engine(model: torch.nn.Module, spec: Any, ds_config: dict, steps: int) -> Any:
+    import deepspeed
+    from transformers import get_scheduler
+
+    groups = parameter_groups(model.named_parameters(), spec.train.weight_decay)
+
+    def scheduler(optimizer: torch.optim.Optimizer) -> Any:
+        return get_scheduler(
+            spec.train.lr_scheduler,
+            optimizer,
+            num_warmup_steps=warmup_steps(spec, steps),
+            num_training_steps=steps,
+        )
+
+    optimizer = None
+    if uses_client_optimizer(ds_config):
+        optimizer = torch.optim.AdamW(groups, lr=spec.train.lr, betas=(0.9, 0.999), eps=1e-8)
+    engine, *_ = deepspeed.initialize(
+        model=model,
+        optimizer=optimizer,
+        model_parameters=None if optimizer is not None else groups,
+        lr_scheduler=scheduler,
+        config=ds_config,
+        dist_init_required=False,
+    )
+    return engine
+
+
+# -- checkpoints ----------------------------------------------------------------------
+def _restore(engine: Any, spec: Any, log: Any) -> TrainState | None:
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as directory:
+        engine.load_checkpoint(
+            os.path.join(directory, DEEPSPEED_DIR),
+            tag=DEEPSPEED_TAG,
+            load_module_strict=not type(spec.technique).is_adapter and spec.technique.type != "freeze",
+        )
+        state = TrainState(**json.loads(Path(directory, STATE_FILE).read_text()))
+    log(f"resumed from checkpoint: epoch {state.epoch}, step {state.global_step}")
+    return state
+
+
+def _report(engine: Any, spec: Any, state: TrainState, metrics: dict[str, Any]) -> None:
+    """Every worker writes its part of the checkpoint; Ray Train merges them in storage."""
+    rank = ray.train.get_context().get_world_rank()
+    frozen = any(not p.requires_grad for p in engine.module.parameters())
+    with tempfile.TemporaryDirectory(prefix="raft-ckpt-") as directory:
+        engine.save_checkpoint(
+            os.path.join(directory, DEEPSPEED_DIR), tag=DEEPSPEED_TAG, exclude_frozen_parameters=frozen
+        )
+        _save_hf_model(engine, os.path.join(directory, MODEL_DIR), rank)
+        if rank == 0:
+            Path(directory, STATE_FILE).write_text(json.dumps(asdict(state)))
+        ray.train.report(_scalars(metrics), checkpoint=ray.train.Checkpoint.from_directory(directory))
+
+
+def _save_hf_model(engine: Any, directory: str, rank: int) -> None:
+    """The model in Hugging Face format (adapter alone for peft models), safetensors."""
+    if engine.zero_optimization_stage() == 3:
+        state_dict = engine._zero3_consolidated_16bit_state_dict()  # collective: all ranks
+    else:
+        state_dict = engine.module.state_dict() if rank == 0 else None
+    if rank == 0:
+        engine.module.save_pretrained(directory, state_dict=state_dict, safe_serialization=True)
+
+
+# -- training and evaluation ----------------------------------------------------------
+def _batches(shard: Any, task: Any, spec: Any, device: torch.device):
+    for batch in shard.iter_torch_batches(
+        batch_size=spec.train.batch_size, collate_fn=task.collate, prefetch_batches=2
+    ):
+        yield {key: value.to(device, non_blocking=True) for key, value in batch.items()}
+
+
+def _train_one_epoch(
+    engine: Any, shard: Any, task: Any, spec: Any, state: TrainState, steps: int, device: Any, log: Any
+) -> dict[str, float]:
+    engine.train()
+    skip = state.batches_into_epoch
+    loss_sum, batches, samples = 0.0, 0, 0
+    window_start, window_samples = time.perf_counter(), 0
+    epoch_start = time.perf_counter()
+    for index, batch in enumerate(_batches(shard, task, spec, device)):
+        if index < skip:  # resuming mid-epoch: these batches were trained before the restart
+            continue
+        loss = engine(**batch).loss
+        engine.backward(loss)
+        engine.step()
+        size = int(batch["input_ids"].shape[0])
+        loss_sum += float(loss.detach())
+        batches += 1
+        samples += size
+        window_samples += size
+        state.batches_into_epoch = index + 1
+        if (index + 1) % spec.train.gradient_accumulation_steps == 0:
+            state.global_step += 1
+            if state.global_step % spec.train.log_every_n_steps == 0:
+                now = time.perf_counter()
+                log(
+                    f"epoch {state.epoch + 1} step {state.global_step}/{steps} "
+                    f"loss {loss_sum / batches:.4f} lr {engine.get_lr()[0]:.2e} "
+                    f"{window_samples / (now - window_start):.1f} samples/s/worker"
+                )
+                window_start, window_samples = now, 0
+            if (
+                spec.train.checkpoint_every_n_steps
+                and state.global_step % spec.train.checkpoint_every_n_steps == 0
+            ):
+                _report(
+                    engine,
+                    spec,
+                    state,
+                    {
+                        "epoch": state.epoch,
+                        "global_step": state.global_step,
+                        "train_loss": loss_sum / batches,
+                    },
+                )
+            if _done(state, spec):
+                break
+    seconds = time.perf_counter() - epoch_start
+    return {
+        "loss": loss_sum / max(batches, 1),
+        "samples": samples,
+        "samples_per_second": samples / seconds if seconds > 0 else 0.0,
+    }
+
+
+def _done(state: TrainState, spec: Any) -> bool:
+    return spec.train.max_steps is not None and state.global_step >= spec.train.max_steps
+
+
+@torch.no_grad()
+def _evaluate(
+    engine: Any, shard: Any, task: Any, spec: Any, num_labels: int, device: Any
+) -> dict[str, float]:
+    """Validation loss and the family's metrics over every worker's shard."""
+    engine.eval()
+    loss_sum, rows, stats = 0.0, 0, task.empty_stats(num_labels)
+    for batch in _batches(shard, task, spec, device):
+        outputs = engine(**batch)
+        size = int(batch["input_ids"].shape[0])
+        loss_sum += float(outputs.loss) * size
+        rows += size
+        stats = stats + task.eval_stats(outputs, batch, num_labels)
+    engine.train()
+    # One all-reduce of [loss_sum, rows, stats...]: sums over workers are exact.
+    packed = torch.tensor(
+        np.concatenate([[loss_sum, rows], stats.ravel()]), dtype=torch.float64, device=device
+    )
+    if dist.is_initialized():
+        dist.all_reduce(packed)
+    packed = packed.cpu().numpy()
+    total_rows = int(packed[1])
+    metrics = task.metrics(packed[2:].reshape(stats.shape).round().astype(np.int64))
+    metrics = {f"val_{key}": value for key, value in metrics.items()}
+    metrics["val_loss"] = float(packed[0] / total_rows) if total_rows else float("nan")
+    metrics["val_rows"] = total_rows
+    return metrics
+
+
+# -- output ---------------------------------------------------------------------------
+class _Logger:
+    """Progress lines from rank 0 only (Ray forwards them to the driver's terminal)."""
+
+    def __init__(self, rank: int):
+        self.rank = rank
+
+    def __call__(self, message: str) -> None:
+        if self.rank == 0:
+            # Straight to the process's stdout: Ray Train's patched print would also copy
+            # it to its logger, and the driver would show every line twice.
+            print(f"[raft] {message}", file=sys.__stdout__, flush=True)
+
+
+def _format(metrics: dict[str, Any]) -> str:
+    return " ".join(
+        f"{key} {value:.4f}" if isinstance(value, float) else f"{key} {value}"
+        for key, value in metrics.items()
+        if key not in ("epoch", "global_step")
+    )
+
+
+def _scalars(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
