@@ -122,6 +122,8 @@ def peek_columns(source: Source, split: str | None = None) -> list[str]:
     except Exception as error:
         raise DataError(f"{source.uri}: cannot read {os.path.basename(first)!r} ({error})") from None
     text = head.decode("utf-8", errors="replace")
+    if not text.strip():
+        raise DataError(f"{source.uri}: {os.path.basename(first)!r} is empty (no rows)")
     if source.format == "csv":
         import csv
 

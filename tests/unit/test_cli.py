@@ -1,0 +1,94 @@
+"""The CLI on bad input: one clear message, exit code 2, no cluster started, nothing lost."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import ray
+import yaml
+from click.testing import CliRunner
+
+from raft.cli import main
+from tests.helpers import base_spec
+
+
+@pytest.fixture
+def write_spec(tmp_path, tiny_bert, toy_data):
+    def write(**sections):
+        path = tmp_path / "spec.yaml"
+        path.write_text("# raft train spec.yaml\n" + yaml.safe_dump(base_spec(tiny_bert, toy_data, tmp_path, **sections)))
+        return path
+
+    return write
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_validate_accepts_a_good_spec(write_spec):
+    result = run("validate", write_spec(), "train.lr=1e-4", "technique.type=lora")
+    assert result.exit_code == 0, result.output
+    assert "valid" in result.output and "lora" in result.output
+
+
+def test_validate_lists_every_schema_problem(write_spec):
+    result = run("validate", write_spec(), "train.lr=-1", "scaling.num_workers=zero", "train.bogus=1")
+    assert result.exit_code == 2
+    assert "3 problem(s)" in result.output
+    for path in ("train.lr", "scaling.num_workers", "train.bogus"):
+        assert path in result.output
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.train=/nonexistent/train.jsonl", "data.train '/nonexistent/train.jsonl' does not exist"),
+        ("task.text_column=sentence", "no column(s) ['sentence']"),
+        ("task.label_column=category", "no column(s) ['category']"),
+        ("model.path=/nonexistent/model", "model.path '/nonexistent/model' is not a folder"),
+        ("model.path=package:not_a_real_package/model", "Python package 'not_a_real_package' is not installed"),
+    ],
+)
+def test_train_refuses_bad_input_before_starting_ray(write_spec, tmp_path, override, message):
+    earlier = tmp_path / "runs" / "earlier-run"
+    earlier.mkdir(parents=True)
+    (earlier / "summary.json").write_text(json.dumps({"accuracy": 0.9}))
+    result = run("train", write_spec(), override)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert not ray.is_initialized()
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["earlier-run"]
+    assert json.loads((earlier / "summary.json").read_text()) == {"accuracy": 0.9}
+
+
+def test_empty_data_file_is_refused(write_spec, tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    result = run("validate", write_spec(), f"data.train={empty}")
+    assert result.exit_code == 2 and "is empty (no rows)" in result.output
+
+
+def test_model_folder_without_safetensors_is_refused(write_spec, tmp_path):
+    folder = tmp_path / "pickled"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "pytorch_model.bin").write_bytes(b"")
+    result = run("validate", write_spec(), f"model.path={folder}")
+    assert result.exit_code == 2 and "no *.safetensors weights" in result.output
+
+
+def test_finished_run_is_not_overwritten(write_spec, tmp_path):
+    model_dir = tmp_path / "runs" / "done" / "model"
+    model_dir.mkdir(parents=True)
+    result = run("train", write_spec(), "output.name=done")
+    assert result.exit_code == 2 and "already finished" in result.output
+
+
+def test_list_prints_the_matrix():
+    result = run("list")
+    assert result.exit_code == 0
+    header, row = result.output.splitlines()[:2]
+    assert all(t in header for t in ("full", "freeze", "lora", "prompt_tuning"))
+    assert row.startswith("sequence_classification") and row.count("yes") == 4

@@ -1,0 +1,101 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from raft.deepspeed_config import (
+    build_deepspeed_config,
+    parameter_groups,
+    resolve_precision,
+    steps_per_epoch,
+    total_steps,
+    uses_client_optimizer,
+    warmup_steps,
+)
+from raft.spec import validate
+
+BASE = {"model": {"path": "m"}, "task": {"type": "sequence_classification"}, "data": {"train": "t.jsonl"}}
+
+
+def spec_with(**sections):
+    return validate({**BASE, **sections})
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+def test_zero_stage_and_batch_sizes(stage):
+    spec = spec_with(
+        deepspeed={"zero_stage": stage},
+        train={"batch_size": 8, "gradient_accumulation_steps": 4},
+        scaling={"num_workers": 3},
+    )
+    config = build_deepspeed_config(spec, "fp32")
+    assert config["zero_optimization"]["stage"] == stage
+    assert config["train_micro_batch_size_per_gpu"] == 8
+    assert config["gradient_accumulation_steps"] == 4
+    # DeepSpeed checks train_batch = micro * accumulation * world size.
+    assert config["train_batch_size"] == 8 * 4 * 3
+    assert uses_client_optimizer(config)
+    assert ("stage3_gather_16bit_weights_on_model_save" in config["zero_optimization"]) == (stage == 3)
+
+
+def test_offload_declares_deepspeed_optimizer():
+    spec = spec_with(
+        deepspeed={"zero_stage": 3, "offload_optimizer": True, "offload_params": True},
+        train={"lr": 2e-4, "weight_decay": 0.1},
+    )
+    config = build_deepspeed_config(spec, "fp32")
+    zero = config["zero_optimization"]
+    assert zero["offload_optimizer"]["device"] == "cpu"
+    assert zero["offload_param"]["device"] == "cpu"
+    assert not uses_client_optimizer(config)
+    assert config["optimizer"]["params"]["lr"] == 2e-4
+    assert config["optimizer"]["params"]["weight_decay"] == 0.1
+
+
+def test_precision_and_clipping():
+    spec = spec_with(train={"max_grad_norm": None})
+    config = build_deepspeed_config(spec, "bf16")
+    assert config["bf16"]["enabled"] and not config["fp16"]["enabled"]
+    assert "gradient_clipping" not in config
+    assert build_deepspeed_config(spec_with(), "fp32")["gradient_clipping"] == 1.0
+    assert resolve_precision("auto", use_gpu=False, bf16_supported=True) == "fp32"
+    assert resolve_precision("auto", use_gpu=True, bf16_supported=True) == "bf16"
+    assert resolve_precision("auto", use_gpu=True, bf16_supported=False) == "fp32"
+    assert resolve_precision("fp16", use_gpu=True, bf16_supported=True) == "fp16"
+
+
+def test_raw_config_passes_through_deep_merged():
+    spec = spec_with(
+        deepspeed={"zero_stage": 2, "config": {"zero_optimization": {"reduce_bucket_size": 123}, "steps_per_print": 5}}
+    )
+    config = build_deepspeed_config(spec, "fp32")
+    assert config["zero_optimization"]["reduce_bucket_size"] == 123
+    assert config["zero_optimization"]["stage"] == 2  # kept from raft's config
+    assert config["steps_per_print"] == 5
+
+
+def test_parameter_groups_skip_decay_on_bias_and_norms():
+    model = torch.nn.Sequential()
+    model.add_module("dense", torch.nn.Linear(4, 4))
+    model.add_module("LayerNorm", torch.nn.LayerNorm(4))
+    frozen = torch.nn.Linear(2, 2)
+    frozen.requires_grad_(False)
+    model.add_module("frozen", frozen)
+    groups = parameter_groups(model.named_parameters(), 0.01)
+    decayed = {id(p) for p in groups[0]["params"]}
+    plain = {id(p) for p in groups[1]["params"]}
+    assert decayed == {id(model.dense.weight)}
+    assert plain == {id(model.dense.bias), id(model.LayerNorm.weight), id(model.LayerNorm.bias)}
+    assert groups[1]["weight_decay"] == 0.0
+
+
+def test_step_arithmetic():
+    assert steps_per_epoch(100, 16, 1) == 7  # 6 full batches and a partial one
+    assert steps_per_epoch(100, 16, 2) == 3
+    assert steps_per_epoch(3, 16, 4) == 1  # never zero
+    spec = spec_with(train={"epochs": 3, "batch_size": 10, "warmup_ratio": 0.1})
+    assert total_steps(100, spec) == 30
+    assert warmup_steps(spec, 30) == 3
+    capped = spec_with(train={"epochs": 3, "batch_size": 10, "max_steps": 12, "warmup_steps": 2})
+    assert total_steps(100, capped) == 12
+    assert warmup_steps(capped, 12) == 2

@@ -1,0 +1,76 @@
+"""Preprocessing, collation and model building for sequence classification (no Ray)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from raft.labels import LabelMap
+from raft.registry import get_task
+from raft.tasks.sequence_classification import SequenceClassificationSpec, trim_padding
+
+TASK = get_task("sequence_classification")
+LABELS = LabelMap(("negative", "positive"))
+
+
+def batch(texts, labels, **extra):
+    return {"text": np.array(texts, dtype=object), "label": np.array(labels, dtype=object), **extra}
+
+
+def test_preprocess_tokenizes_pads_and_encodes_labels(tiny_bert):
+    spec = SequenceClassificationSpec(max_length=12)
+    features = TASK.preprocess(batch(["a good movie", "bad"], ["positive", "negative"]), spec, str(tiny_bert), LABELS)
+    assert features["input_ids"].shape == (2, 12)
+    assert features["labels"].tolist() == [1, 0]
+    assert features["attention_mask"].sum(axis=1).tolist() == [5, 3]  # [CLS] words [SEP]
+
+
+def test_long_text_is_truncated(tiny_bert):
+    spec = SequenceClassificationSpec(max_length=6)
+    features = TASK.preprocess(batch(["good " * 50], ["positive"]), spec, str(tiny_bert), LABELS)
+    assert features["attention_mask"].sum() == 6
+
+
+def test_text_pairs_use_segment_ids(tiny_bert):
+    spec = SequenceClassificationSpec(text_pair_column="hypothesis", max_length=16)
+    rows = batch(["the movie"], ["positive"], hypothesis=np.array(["good"], dtype=object))
+    features = TASK.preprocess(rows, spec, str(tiny_bert), LABELS)
+    assert features["token_type_ids"][0].tolist()[:6] == [0, 0, 0, 0, 1, 1]  # [CLS] the movie [SEP] good [SEP]
+
+
+def test_bad_rows_name_the_problem(tiny_bert):
+    spec = SequenceClassificationSpec()
+    with pytest.raises(ValueError, match="'meh' is not one of the classes"):
+        TASK.preprocess(batch(["fine"], ["meh"]), spec, str(tiny_bert), LABELS)
+    with pytest.raises(ValueError, match="column 'text' has an empty value"):
+        TASK.preprocess(batch([None], ["positive"]), spec, str(tiny_bert), LABELS)
+
+
+def test_collate_trims_to_longest_row():
+    features = {
+        "input_ids": np.array([[2, 5, 3, 0, 0, 0], [2, 3, 0, 0, 0, 0]]),
+        "attention_mask": np.array([[1, 1, 1, 0, 0, 0], [1, 1, 0, 0, 0, 0]]),
+        "labels": np.array([0, 1]),
+    }
+    tensors = TASK.collate(features)
+    assert tensors["input_ids"].shape == (2, 3)
+    assert tensors["labels"].shape == (2,)
+    assert trim_padding({"labels": torch.tensor([1])})["labels"].tolist() == [1]
+
+
+def test_build_model_sizes_the_head_to_the_labels(tiny_bert):
+    labels = LabelMap(("a", "b", "c"))
+    model = TASK.build_model(str(tiny_bert), SequenceClassificationSpec(), labels, False)
+    assert model.config.num_labels == 3
+    assert model.config.id2label == {0: "a", 1: "b", 2: "c"}
+    assert TASK.lora_targets(model) == ["query", "value"]
+
+
+def test_eval_stats_are_a_confusion_matrix():
+    class Out:
+        logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [3.0, 1.0]])
+
+    stats = TASK.eval_stats(Out(), {"labels": torch.tensor([0, 0, 1])}, 2)
+    assert stats.tolist() == [[1, 1], [1, 0]]
+    assert TASK.metrics(stats)["accuracy"] == pytest.approx(1 / 3)

@@ -1,0 +1,148 @@
+"""The spec schema: unknown keys, types, cross-field rules, overrides, shipped YAMLs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from raft.spec import SpecError, apply_overrides, load_spec, parse_override, validate
+
+ROOT = Path(__file__).resolve().parents[2]
+
+MINIMAL = {
+    "model": {"path": "models/x"},
+    "task": {"type": "sequence_classification"},
+    "data": {"train": "train.jsonl"},
+}
+
+
+def problems_of(document: dict) -> list[str]:
+    with pytest.raises(SpecError) as caught:
+        validate(document)
+    return caught.value.problems
+
+
+def test_minimal_spec_fills_defaults():
+    spec = validate(MINIMAL)
+    assert spec.technique.type == "full"
+    assert spec.scaling.num_workers == 2
+    assert spec.deepspeed.zero_stage == 0
+    assert spec.run_name.startswith("sequence_classification-full-")
+
+
+def test_every_problem_reported_at_once_with_dotted_paths():
+    document = {
+        "model": {"pth": "x"},
+        "task": {"type": "sequence_classification", "max_length": 0},
+        "technique": {"type": "lora", "r": "big"},
+        "data": {"train": "t.jsonl"},
+        "train": {"lr": -1, "epochs": 2.5},
+        "bogus": {},
+    }
+    problems = problems_of(document)
+    paths = {p.split(":")[0] for p in problems}
+    assert {"model.path", "model.pth", "task.max_length", "technique.r", "train.lr", "train.epochs", "bogus"} <= paths
+    assert any("unknown key" in p for p in problems if p.startswith("model.pth"))
+
+
+def test_unknown_task_and_technique_types_list_the_known_ones():
+    problems = problems_of({**MINIMAL, "task": {"type": "summarise"}, "technique": {"type": "lorax"}})
+    assert any(p.startswith("task") and "sequence_classification" in p for p in problems)
+    assert any(p.startswith("technique") and "lora" in p and "prompt_tuning" in p for p in problems)
+
+
+def test_technique_fields_are_checked_per_technique():
+    # 'r' belongs to lora, not to freeze.
+    problems = problems_of({**MINIMAL, "technique": {"type": "freeze", "r": 8}})
+    assert any(p.startswith("technique.r") for p in problems)
+
+
+@pytest.mark.parametrize(
+    ("sections", "needle"),
+    [
+        ({"deepspeed": {"zero_stage": 2, "offload_params": True}}, "offload_params needs zero_stage: 3"),
+        ({"deepspeed": {"zero_stage": 0, "offload_optimizer": True}}, "offload_optimizer needs zero_stage"),
+        ({"output": {"merge_adapter": True}}, "has no adapter to merge"),
+        ({"train": {"precision": "bf16"}}, "needs scaling.use_gpu"),
+        ({"train": {"warmup_ratio": 0.1, "warmup_steps": 10}}, "not both"),
+        ({"data": {"train": "t.jsonl", "validation": "v.jsonl", "validation_fraction": 0.2}}, "not both"),
+        ({"technique": {"type": "freeze", "embeddings": False}}, "freezes nothing"),
+        ({"technique": {"type": "prompt_tuning", "init": "text"}}, "init_text"),
+        ({"output": {"name": "../escape"}}, "output.name"),
+    ],
+)
+def test_cross_field_rules(sections, needle):
+    problems = problems_of({**MINIMAL, **sections})
+    assert any(needle in p for p in problems), problems
+
+
+def test_overrides_set_nested_values_parsed_as_yaml():
+    document = apply_overrides(MINIMAL, ["train.lr=3e-4", "scaling.num_workers=4", "technique.type=lora", "technique.r=16"])
+    spec = validate(document)
+    assert spec.train.lr == pytest.approx(3e-4)
+    assert spec.scaling.num_workers == 4
+    assert spec.technique.type == "lora" and spec.technique.r == 16
+    assert MINIMAL["data"] == {"train": "train.jsonl"}  # the input is not modified
+
+
+def test_override_list_value():
+    spec = validate(apply_overrides(MINIMAL, ["technique.type=lora", "technique.target_modules=[query,value]"]))
+    assert spec.technique.target_modules == ["query", "value"]
+
+
+def test_bad_overrides_all_reported():
+    with pytest.raises(SpecError) as caught:
+        apply_overrides(MINIMAL, ["train.lr", "model.path.deeper=1", "=3"])
+    assert len(caught.value.problems) == 3
+
+
+def test_override_into_unknown_key_is_an_unknown_key_error():
+    problems = problems_of(apply_overrides(MINIMAL, ["train.learning_rate=0.1"]))
+    assert problems == ["train.learning_rate: unknown key (not part of the spec; check the spelling)"]
+
+
+def test_parse_override_types():
+    assert parse_override("a.b=true") == (["a", "b"], True)
+    assert parse_override("a=null") == (["a"], None)
+    assert parse_override("a=[1, 2]") == (["a"], [1, 2])
+
+
+def test_load_spec_reports_yaml_errors_and_missing_files(tmp_path):
+    with pytest.raises(SpecError, match="does not exist"):
+        load_spec(tmp_path / "nope.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("model: [unclosed\n")
+    with pytest.raises(SpecError, match="not valid YAML"):
+        load_spec(broken)
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- a\n- b\n")
+    with pytest.raises(SpecError, match="mapping of sections"):
+        load_spec(listy)
+
+
+SHIPPED = sorted([*ROOT.glob("examples/*.yaml"), *ROOT.glob("jobs/*.yaml")])
+
+
+def test_there_are_shipped_specs():
+    assert any(p.parent.name == "examples" for p in SHIPPED)
+
+
+@pytest.mark.parametrize("path", [p for p in SHIPPED if p.name != "runtime_env.yaml"], ids=lambda p: p.name)
+def test_shipped_specs_validate_and_open_with_their_command(path):
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("#") and ("raft " in first or "make " in first), first
+    spec = load_spec(path)
+    assert spec.task.type
+    # Data the examples ship must exist (relative paths are relative to the repo root).
+    for location in (spec.data.train, spec.data.validation):
+        if location and "://" not in location:
+            assert (ROOT / location).exists(), location
+
+
+def test_dump_round_trips():
+    from raft.spec import dump_spec
+
+    spec = validate({**MINIMAL, "technique": {"type": "lora", "r": 4}})
+    assert validate(yaml.safe_load(dump_spec(spec))) == spec

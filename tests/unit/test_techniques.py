@@ -1,0 +1,121 @@
+"""Technique invariants after real optimizer steps (TRL-style): what must change, what must not."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from raft.labels import LabelMap
+from raft.registry import apply_technique, get_task
+from raft.spec import validate
+from raft.techniques.freeze import frozen_parameter_names
+from raft.testing import toy_sentiment_rows
+
+TASK = get_task("sequence_classification")
+LABELS = LabelMap(("negative", "positive"))
+
+
+def build(tiny_bert, technique: dict):
+    spec = validate(
+        {
+            "model": {"path": str(tiny_bert)},
+            "task": {"type": "sequence_classification", "max_length": 16},
+            "technique": technique,
+            "data": {"train": "t.jsonl"},
+        }
+    )
+    torch.manual_seed(0)
+    model = TASK.build_model(str(tiny_bert), spec.task, LABELS, False)
+    return spec, apply_technique(model, spec.technique, TASK)
+
+
+def train_steps(model, spec, tiny_bert, steps: int = 5):
+    """A few AdamW steps on toy rows; returns parameters before and after, by name."""
+    import numpy as np
+
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    rows = toy_sentiment_rows(16 * steps, seed=3)
+    model.train()
+    for i in range(steps):
+        chunk = rows[16 * i : 16 * (i + 1)]
+        batch = {k: np.array([r[k] for r in chunk], dtype=object) for k in ("text", "label")}
+        tensors = TASK.collate(TASK.preprocess(batch, spec.task, str(tiny_bert), LABELS))
+        model(**tensors).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    after = dict(model.named_parameters())
+    return before, after
+
+
+def changed(before, after, name) -> bool:
+    return not torch.equal(before[name], after[name].detach())
+
+
+def test_full_changes_every_trainable_parameter(tiny_bert):
+    spec, model = build(tiny_bert, {"type": "full"})
+    assert all(p.requires_grad for p in model.parameters())
+    before, after = train_steps(model, spec, tiny_bert)
+    # The pooler feeds only the classifier; every parameter, embeddings included, moves.
+    unchanged = [n for n in before if not changed(before, after, n)]
+    assert unchanged == []
+
+
+def test_freeze_keeps_frozen_parameters_bit_identical(tiny_bert):
+    spec, model = build(tiny_bert, {"type": "freeze", "embeddings": True, "lowest_layers": 1})
+    frozen = frozen_parameter_names(model, spec.technique)
+    assert any(".embeddings." in n for n in frozen)
+    assert any(".layer.0." in n for n in frozen)
+    assert not any(".layer.1." in n for n in frozen)
+    before, after = train_steps(model, spec, tiny_bert)
+    for name in before:
+        if name in frozen:
+            assert not changed(before, after, name), name
+        else:
+            assert changed(before, after, name), name
+
+
+def test_freeze_by_pattern(tiny_bert):
+    spec, model = build(tiny_bert, {"type": "freeze", "embeddings": False, "patterns": ["*.attention.*"]})
+    frozen = frozen_parameter_names(model, spec.technique)
+    assert frozen and all(".attention." in n for n in frozen)
+    assert not any(p.requires_grad for n, p in model.named_parameters() if n in frozen)
+
+
+def test_lora_changes_only_adapters_and_the_head(tiny_bert):
+    spec, model = build(tiny_bert, {"type": "lora", "r": 4})
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n or "classifier" in n for n in trainable)
+    assert any("query" in n for n in trainable) and any("value" in n for n in trainable)
+    before, after = train_steps(model, spec, tiny_bert)
+    for name in before:
+        if name in trainable:
+            if "lora_A" not in name:  # lora_B starts at zero; A gets no gradient until B moves
+                assert changed(before, after, name), name
+        else:
+            assert not changed(before, after, name), name
+
+
+def test_lora_target_modules_override(tiny_bert):
+    _, model = build(tiny_bert, {"type": "lora", "target_modules": ["key"]})
+    adapted = {n for n, _ in model.named_parameters() if "lora_" in n}
+    assert adapted and all(".key." in n for n in adapted)
+    with pytest.raises(ValueError, match="nonexistent"):
+        build(tiny_bert, {"type": "lora", "target_modules": ["nonexistent"]})
+
+
+def test_prompt_tuning_trains_only_the_prompt_and_head(tiny_bert):
+    spec, model = build(tiny_bert, {"type": "prompt_tuning", "num_virtual_tokens": 4})
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert any("prompt_encoder" in n for n in trainable)
+    assert all("prompt_encoder" in n or "classifier" in n for n in trainable)
+    before, after = train_steps(model, spec, tiny_bert)
+    for name in before:
+        assert changed(before, after, name) == (name in trainable), name
+
+
+def test_prompt_tuning_text_init(tiny_bert):
+    _, model = build(
+        tiny_bert, {"type": "prompt_tuning", "num_virtual_tokens": 3, "init": "text", "init_text": "good or bad"}
+    )
+    assert model.peft_config["default"].prompt_tuning_init == "TEXT"
