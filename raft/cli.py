@@ -112,6 +112,14 @@ def evaluate(model_dir: str, data_path: str, batch_size: int, as_json: bool) -> 
     click.echo(f"({time.perf_counter() - started:.1f} s)")
 
 
+@main.command("spec-reference")
+def spec_reference() -> None:
+    """Print every spec section and field with its default and meaning (markdown)."""
+    from raft.spec import reference_markdown
+
+    click.echo(reference_markdown())
+
+
 @main.command("list")
 def list_matrix() -> None:
     """Print which techniques each task family supports."""

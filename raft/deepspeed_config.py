@@ -28,9 +28,10 @@ def build_deepspeed_config(spec: Any, precision: str) -> dict[str, Any]:
     train = spec.train
     zero: dict[str, Any] = {"stage": ds.zero_stage}
     if ds.zero_stage >= 2:
-        # Overlap gradient reduction with the backward pass; contiguous grads avoid
-        # fragmentation.
-        zero.update(overlap_comm=True, contiguous_gradients=True)
+        # Contiguous gradients avoid fragmentation. Overlapping the reduction with the
+        # backward pass needs CUDA streams; on CPU (gloo) it buys nothing and DeepSpeed's
+        # asynchronous bucket reduction has been seen to hang there.
+        zero.update(contiguous_gradients=True, overlap_comm=spec.scaling.use_gpu)
     if ds.zero_stage == 3:
         # Lets the engine gather a full 16-bit state dict on rank 0 for export.
         zero["stage3_gather_16bit_weights_on_model_save"] = True

@@ -332,3 +332,36 @@ def _tags_for(loc: list[str]) -> list[str]:
 def dump_spec(spec: Any) -> str:
     """The resolved spec as YAML (saved with every run and exported model)."""
     return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
+
+
+def reference_markdown() -> str:
+    """The spec reference (every section and field, with its default and description)."""
+    sections = {
+        "model": ModelSection,
+        "data": DataSection,
+        "train": TrainSection,
+        "scaling": ScalingSection,
+        "deepspeed": DeepSpeedSection,
+        "output": OutputSection,
+    }
+    for name, task in registry.tasks().items():
+        sections[f"task (type: {name})"] = task.spec_class
+    for name, technique in registry.techniques().items():
+        sections[f"technique (type: {name})"] = technique
+    lines = []
+    for title, model in sections.items():
+        lines += [f"**`{title}`**", "", "| key | default | meaning |", "|---|---|---|"]
+        for key, info in model.model_fields.items():
+            if key == "type":
+                continue
+            default = "required" if info.is_required() else info.get_default(call_default_factory=True)
+            default = "required" if default == "required" else f"`{json_default(default)}`"
+            lines.append(f"| `{key}` | {default} | {info.description or ''} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def json_default(value: Any) -> str:
+    import json
+
+    return json.dumps(value) if not isinstance(value, str) else value

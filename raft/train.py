@@ -180,4 +180,5 @@ def _summary(
         "samples_per_second_per_worker": returned.get("samples_per_second_per_worker"),
         "wall_seconds": wall_seconds,
         "labels": list(labels.names) if labels else None,
+        "resumed_from": returned.get("resumed_from"),
     }

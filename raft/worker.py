@@ -68,6 +68,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     precision = resolve_precision(spec.train.precision, spec.scaling.use_gpu, _bf16_supported())
     ds_config = build_deepspeed_config(spec, precision)
 
+    _init_deepspeed_comm()
     model = _build_model(spec, task, labels, ds_config)
     trainable, total = _count_parameters(model)
     log = _Logger(rank)
@@ -78,7 +79,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     engine = _deepspeed_engine(model, spec, ds_config, steps)
     device = engine.device
 
-    state = _restore(engine, spec, log) or TrainState()
+    restored = _restore(engine, spec, log)
+    resumed_from = {"epoch": restored.epoch, "global_step": restored.global_step} if restored else None
+    state = restored or TrainState()
     train_shard = ray.train.get_dataset_shard("train")
     validation_shard = ray.train.get_dataset_shard("validation")
     num_labels = labels.num_labels if labels else 0
@@ -127,6 +130,14 @@ def _set_process_env(context: Any) -> None:
     os.environ["WORLD_SIZE"] = str(context.get_world_size())
     os.environ["LOCAL_RANK"] = str(context.get_local_rank())
     os.environ["LOCAL_WORLD_SIZE"] = str(context.get_local_world_size())
+
+
+def _init_deepspeed_comm() -> None:
+    """Hand Ray Train's process group to DeepSpeed's comm layer (before any ZeRO-3 init,
+    which needs the world size)."""
+    import deepspeed
+
+    deepspeed.init_distributed(dist_backend=dist.get_backend() if dist.is_initialized() else None)
 
 
 def _seed_everything(seed: int) -> None:

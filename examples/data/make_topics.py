@@ -15,33 +15,139 @@ from pathlib import Path
 
 TOPICS = {
     "sports": {
-        "subjects": ["the striker", "the home team", "the goalkeeper", "our coach", "the sprinter",
-                     "the champions", "the rookie pitcher", "the tennis star", "the defender", "the cyclist"],
-        "verbs": ["scored", "won", "trained for", "lost", "celebrated", "qualified for", "missed", "defended"],
-        "objects": ["the final match", "a penalty kick", "the league title", "the world cup", "a gold medal",
-                    "the playoff game", "the marathon", "the championship", "a late goal", "the derby"],
+        "subjects": [
+            "the striker",
+            "the home team",
+            "the goalkeeper",
+            "our coach",
+            "the sprinter",
+            "the champions",
+            "the rookie pitcher",
+            "the tennis star",
+            "the defender",
+            "the cyclist",
+        ],
+        "verbs": [
+            "scored",
+            "won",
+            "trained for",
+            "lost",
+            "celebrated",
+            "qualified for",
+            "missed",
+            "defended",
+        ],
+        "objects": [
+            "the final match",
+            "a penalty kick",
+            "the league title",
+            "the world cup",
+            "a gold medal",
+            "the playoff game",
+            "the marathon",
+            "the championship",
+            "a late goal",
+            "the derby",
+        ],
     },
     "technology": {
-        "subjects": ["the startup", "the software team", "the chip maker", "our engineers", "the app developer",
-                     "the cloud provider", "the robotics lab", "the phone company", "the hackers", "the AI researchers"],
-        "verbs": ["released", "patched", "launched", "upgraded", "debugged", "open sourced", "shipped", "encrypted"],
-        "objects": ["a new smartphone", "the operating system", "a faster processor", "the mobile app",
-                    "a machine learning model", "the database server", "a security update", "the web browser",
-                    "the laptop", "a programming language"],
+        "subjects": [
+            "the startup",
+            "the software team",
+            "the chip maker",
+            "our engineers",
+            "the app developer",
+            "the cloud provider",
+            "the robotics lab",
+            "the phone company",
+            "the hackers",
+            "the AI researchers",
+        ],
+        "verbs": [
+            "released",
+            "patched",
+            "launched",
+            "upgraded",
+            "debugged",
+            "open sourced",
+            "shipped",
+            "encrypted",
+        ],
+        "objects": [
+            "a new smartphone",
+            "the operating system",
+            "a faster processor",
+            "the mobile app",
+            "a machine learning model",
+            "the database server",
+            "a security update",
+            "the web browser",
+            "the laptop",
+            "a programming language",
+        ],
     },
     "cooking": {
-        "subjects": ["the chef", "my grandmother", "the baker", "the restaurant", "the cooking class",
-                     "our kitchen staff", "the food blogger", "the pastry cook", "the home cook", "the caterer"],
+        "subjects": [
+            "the chef",
+            "my grandmother",
+            "the baker",
+            "the restaurant",
+            "the cooking class",
+            "our kitchen staff",
+            "the food blogger",
+            "the pastry cook",
+            "the home cook",
+            "the caterer",
+        ],
         "verbs": ["baked", "roasted", "seasoned", "served", "simmered", "grilled", "prepared", "tasted"],
-        "objects": ["a chocolate cake", "the tomato soup", "fresh bread", "the garlic chicken", "a spicy curry",
-                    "the vegetable stew", "homemade pasta", "the apple pie", "a salmon fillet", "the risotto"],
+        "objects": [
+            "a chocolate cake",
+            "the tomato soup",
+            "fresh bread",
+            "the garlic chicken",
+            "a spicy curry",
+            "the vegetable stew",
+            "homemade pasta",
+            "the apple pie",
+            "a salmon fillet",
+            "the risotto",
+        ],
     },
     "weather": {
-        "subjects": ["the storm", "a cold front", "the forecast", "heavy clouds", "the hurricane",
-                     "a heat wave", "the blizzard", "strong winds", "the meteorologists", "a thunderstorm"],
-        "verbs": ["brought", "predicted", "caused", "delivered", "warned of", "dropped", "swept in with", "ended"],
-        "objects": ["heavy rain", "freezing temperatures", "deep snow", "a sunny afternoon", "thick fog",
-                    "record humidity", "hail and lightning", "a dry spell", "flooding downtown", "icy roads"],
+        "subjects": [
+            "the storm",
+            "a cold front",
+            "the forecast",
+            "heavy clouds",
+            "the hurricane",
+            "a heat wave",
+            "the blizzard",
+            "strong winds",
+            "the meteorologists",
+            "a thunderstorm",
+        ],
+        "verbs": [
+            "brought",
+            "predicted",
+            "caused",
+            "delivered",
+            "warned of",
+            "dropped",
+            "swept in with",
+            "ended",
+        ],
+        "objects": [
+            "heavy rain",
+            "freezing temperatures",
+            "deep snow",
+            "a sunny afternoon",
+            "thick fog",
+            "record humidity",
+            "hail and lightning",
+            "a dry spell",
+            "flooding downtown",
+            "icy roads",
+        ],
     },
 }
 PREFIXES = ["", "", "yesterday ", "this morning ", "on sunday ", "last night ", "reports say ", "once again "]
@@ -50,15 +156,19 @@ SUFFIXES = ["", "", " today", " this week", " across the region", " before noon"
 
 def sentence(rng: random.Random, topic: str) -> str:
     parts = TOPICS[topic]
-    text = f"{rng.choice(PREFIXES)}{rng.choice(parts['subjects'])} {rng.choice(parts['verbs'])} " \
-           f"{rng.choice(parts['objects'])}{rng.choice(SUFFIXES)}"
+    text = (
+        f"{rng.choice(PREFIXES)}{rng.choice(parts['subjects'])} {rng.choice(parts['verbs'])} "
+        f"{rng.choice(parts['objects'])}{rng.choice(SUFFIXES)}"
+    )
     return text[0].upper() + text[1:] + "."
 
 
 def rows(count: int, seed: int) -> list[dict[str, str]]:
     rng = random.Random(seed)
     names = sorted(TOPICS)
-    return [{"text": sentence(rng, topic), "label": topic} for topic in (rng.choice(names) for _ in range(count))]
+    return [
+        {"text": sentence(rng, topic), "label": topic} for topic in (rng.choice(names) for _ in range(count))
+    ]
 
 
 def main(out_dir: str = str(Path(__file__).parent / "topics")) -> None:

@@ -17,7 +17,9 @@ from tests.helpers import base_spec
 def write_spec(tmp_path, tiny_bert, toy_data):
     def write(**sections):
         path = tmp_path / "spec.yaml"
-        path.write_text("# raft train spec.yaml\n" + yaml.safe_dump(base_spec(tiny_bert, toy_data, tmp_path, **sections)))
+        path.write_text(
+            "# raft train spec.yaml\n" + yaml.safe_dump(base_spec(tiny_bert, toy_data, tmp_path, **sections))
+        )
         return path
 
     return write
@@ -48,7 +50,10 @@ def test_validate_lists_every_schema_problem(write_spec):
         ("task.text_column=sentence", "no column(s) ['sentence']"),
         ("task.label_column=category", "no column(s) ['category']"),
         ("model.path=/nonexistent/model", "model.path '/nonexistent/model' is not a folder"),
-        ("model.path=package:not_a_real_package/model", "Python package 'not_a_real_package' is not installed"),
+        (
+            "model.path=package:not_a_real_package/model",
+            "Python package 'not_a_real_package' is not installed",
+        ),
     ],
 )
 def test_train_refuses_bad_input_before_starting_ray(write_spec, tmp_path, override, message):

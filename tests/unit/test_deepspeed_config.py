@@ -66,7 +66,10 @@ def test_precision_and_clipping():
 
 def test_raw_config_passes_through_deep_merged():
     spec = spec_with(
-        deepspeed={"zero_stage": 2, "config": {"zero_optimization": {"reduce_bucket_size": 123}, "steps_per_print": 5}}
+        deepspeed={
+            "zero_stage": 2,
+            "config": {"zero_optimization": {"reduce_bucket_size": 123}, "steps_per_print": 5},
+        }
     )
     config = build_deepspeed_config(spec, "fp32")
     assert config["zero_optimization"]["reduce_bucket_size"] == 123

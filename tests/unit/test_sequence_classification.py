@@ -20,7 +20,9 @@ def batch(texts, labels, **extra):
 
 def test_preprocess_tokenizes_pads_and_encodes_labels(tiny_bert):
     spec = SequenceClassificationSpec(max_length=12)
-    features = TASK.preprocess(batch(["a good movie", "bad"], ["positive", "negative"]), spec, str(tiny_bert), LABELS)
+    features = TASK.preprocess(
+        batch(["a good movie", "bad"], ["positive", "negative"]), spec, str(tiny_bert), LABELS
+    )
     assert features["input_ids"].shape == (2, 12)
     assert features["labels"].tolist() == [1, 0]
     assert features["attention_mask"].sum(axis=1).tolist() == [5, 3]  # [CLS] words [SEP]
@@ -36,7 +38,14 @@ def test_text_pairs_use_segment_ids(tiny_bert):
     spec = SequenceClassificationSpec(text_pair_column="hypothesis", max_length=16)
     rows = batch(["the movie"], ["positive"], hypothesis=np.array(["good"], dtype=object))
     features = TASK.preprocess(rows, spec, str(tiny_bert), LABELS)
-    assert features["token_type_ids"][0].tolist()[:6] == [0, 0, 0, 0, 1, 1]  # [CLS] the movie [SEP] good [SEP]
+    assert features["token_type_ids"][0].tolist()[:6] == [
+        0,
+        0,
+        0,
+        0,
+        1,
+        1,
+    ]  # [CLS] the movie [SEP] good [SEP]
 
 
 def test_bad_rows_name_the_problem(tiny_bert):

@@ -13,7 +13,9 @@ ROWS = [{"text": "good film", "label": "positive"}, {"text": "bad plot", "label"
 
 @pytest.fixture
 def files(tmp_path):
-    (tmp_path / "d.jsonl").write_text('{"text": "good film", "label": "positive"}\n{"text": "x", "label": "negative"}\n')
+    (tmp_path / "d.jsonl").write_text(
+        '{"text": "good film", "label": "positive"}\n{"text": "x", "label": "negative"}\n'
+    )
     (tmp_path / "d.csv").write_text("text,label\ngood film,positive\n")
     pq.write_table(pa.Table.from_pylist(ROWS), tmp_path / "d.parquet")
     folder = tmp_path / "parts"

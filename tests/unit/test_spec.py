@@ -43,7 +43,15 @@ def test_every_problem_reported_at_once_with_dotted_paths():
     }
     problems = problems_of(document)
     paths = {p.split(":")[0] for p in problems}
-    assert {"model.path", "model.pth", "task.max_length", "technique.r", "train.lr", "train.epochs", "bogus"} <= paths
+    assert {
+        "model.path",
+        "model.pth",
+        "task.max_length",
+        "technique.r",
+        "train.lr",
+        "train.epochs",
+        "bogus",
+    } <= paths
     assert any("unknown key" in p for p in problems if p.startswith("model.pth"))
 
 
@@ -79,7 +87,9 @@ def test_cross_field_rules(sections, needle):
 
 
 def test_overrides_set_nested_values_parsed_as_yaml():
-    document = apply_overrides(MINIMAL, ["train.lr=3e-4", "scaling.num_workers=4", "technique.type=lora", "technique.r=16"])
+    document = apply_overrides(
+        MINIMAL, ["train.lr=3e-4", "scaling.num_workers=4", "technique.type=lora", "technique.r=16"]
+    )
     spec = validate(document)
     assert spec.train.lr == pytest.approx(3e-4)
     assert spec.scaling.num_workers == 4
@@ -88,7 +98,9 @@ def test_overrides_set_nested_values_parsed_as_yaml():
 
 
 def test_override_list_value():
-    spec = validate(apply_overrides(MINIMAL, ["technique.type=lora", "technique.target_modules=[query,value]"]))
+    spec = validate(
+        apply_overrides(MINIMAL, ["technique.type=lora", "technique.target_modules=[query,value]"])
+    )
     assert spec.technique.target_modules == ["query", "value"]
 
 
@@ -146,3 +158,11 @@ def test_dump_round_trips():
 
     spec = validate({**MINIMAL, "technique": {"type": "lora", "r": 4}})
     assert validate(yaml.safe_load(dump_spec(spec))) == spec
+
+
+def test_readme_spec_reference_is_current():
+    from raft.spec import reference_markdown
+
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("<!-- spec-reference:start -->\n", 1)[1].split("\n<!-- spec-reference:end -->", 1)[0]
+    assert block == reference_markdown(), "run: raft spec-reference, and paste it into README.md"

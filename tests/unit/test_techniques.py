@@ -116,6 +116,7 @@ def test_prompt_tuning_trains_only_the_prompt_and_head(tiny_bert):
 
 def test_prompt_tuning_text_init(tiny_bert):
     _, model = build(
-        tiny_bert, {"type": "prompt_tuning", "num_virtual_tokens": 3, "init": "text", "init_text": "good or bad"}
+        tiny_bert,
+        {"type": "prompt_tuning", "num_virtual_tokens": 3, "init": "text", "init_text": "good or bad"},
     )
     assert model.peft_config["default"].prompt_tuning_init == "TEXT"

@@ -1,0 +1,18 @@
+"""One real local Ray cluster for the whole integration session (never mocked)."""
+
+from __future__ import annotations
+
+import pytest
+import ray
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ray_cluster():
+    # 4 logical CPUs on a 2-core machine: 2 Train workers + room for Ray Data (see
+    # raft.resources for why the data pipeline needs CPUs of its own).
+    ray.init(num_cpus=4, include_dashboard=False, logging_level="WARNING")
+    from ray.data import DataContext
+
+    DataContext.get_current().enable_progress_bars = False
+    yield
+    ray.shutdown()
