@@ -117,6 +117,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
             "train_seconds": elapsed,
             "samples_per_second_per_worker": samples_seen / elapsed if elapsed > 0 else 0.0,
             "precision": precision,
+            "resumed_from": resumed_from,
         }
         if rank == 0
         else None
