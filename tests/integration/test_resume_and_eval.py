@@ -55,7 +55,7 @@ def test_merged_lora_export_loads_plainly_and_raft_eval_scores_it(tiny_bert, toy
         main, ["eval", str(outcome.model_dir), "--data", str(toy_data["validation"]), "--json"]
     )
     assert result.exit_code == 0, result.output
-    metrics = json.loads(result.output.strip().splitlines()[-1])
+    metrics = json.loads(result.stdout.strip().splitlines()[-1])
     assert metrics["rows"] == 120
     assert metrics["val_accuracy"] == pytest.approx(outcome.history[-1]["val_accuracy"], abs=0.02)
     assert metrics["val_loss"] == pytest.approx(outcome.history[-1]["val_loss"], rel=0.05)
