@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import ray
 import yaml
 from click.testing import CliRunner
 
@@ -56,14 +55,16 @@ def test_validate_lists_every_schema_problem(write_spec):
         ),
     ],
 )
-def test_train_refuses_bad_input_before_starting_ray(write_spec, tmp_path, override, message):
+def test_train_refuses_bad_input_before_starting_ray(write_spec, tmp_path, monkeypatch, override, message):
+    connects = []
+    monkeypatch.setattr("raft.train.connect", lambda *args, **kwargs: connects.append(args))
     earlier = tmp_path / "runs" / "earlier-run"
     earlier.mkdir(parents=True)
     (earlier / "summary.json").write_text(json.dumps({"accuracy": 0.9}))
     result = run("train", write_spec(), override)
     assert result.exit_code == 2, result.output
     assert message in result.output
-    assert not ray.is_initialized()
+    assert connects == []  # no cluster was started or joined
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["earlier-run"]
     assert json.loads((earlier / "summary.json").read_text()) == {"accuracy": 0.9}
 
