@@ -78,7 +78,9 @@ def _plain_worker(rank: int, args, port: int, queue) -> None:
             LoraConfig(task_type="SEQ_CLS", r=8, lora_alpha=16, target_modules=["query", "key", "value"]),
         )
     model = torch.nn.parallel.DistributedDataParallel(model)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=args.fused_baseline
+    )
     rates = []
     for _epoch in range(2):
         start, seen = time.perf_counter(), 0
@@ -126,11 +128,18 @@ def main() -> None:
     parser.add_argument("--zero-stage", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-length", type=int, default=32)
+    parser.add_argument(
+        "--no-fused-baseline",
+        dest="fused_baseline",
+        action="store_false",
+        help="give plain DDP torch's default AdamW instead of the fused one raft uses",
+    )
     parser.add_argument("--output-dir", default=str(ROOT / "benchmarks/results/runs"))
     args = parser.parse_args()
 
     plain = run_plain(args)
-    print(f"plain DDP (2 processes, gloo, 1 thread each): {plain:.1f} samples/s per worker", flush=True)
+    optimizer = "fused AdamW" if args.fused_baseline else "default AdamW"
+    print(f"plain DDP (2 processes, gloo, 1 thread each, {optimizer}): {plain:.1f} samples/s per worker", flush=True)
     raft_rate = run_raft(args, args.output_dir)
     print(
         f"raft (2 Ray Train workers, DeepSpeed ZeRO {args.zero_stage}): {raft_rate:.1f} samples/s per worker"
@@ -140,6 +149,7 @@ def main() -> None:
         "zero_stage": args.zero_stage,
         "batch_size": args.batch_size,
         "max_length": args.max_length,
+        "plain_ddp_optimizer": optimizer,
         "plain_ddp_samples_per_second_per_worker": round(plain, 2),
         "raft_samples_per_second_per_worker": round(raft_rate, 2),
         "ratio": round(raft_rate / plain, 3),

@@ -4,6 +4,9 @@ raft validate spec.yaml [key=value ...]      check a spec (schema, paths, column
 raft train spec.yaml [key=value ...]         fine-tune on Ray and export the model
 raft eval MODEL_DIR --data FILE              score an exported model
 raft list                                    task families × techniques
+raft submit spec.yaml --address http://HEAD:8265   run it as a Ray job on a cluster
+raft status JOB_ID / raft stop JOB_ID        follow up on a submitted job
+raft doctor [--address ADDR]                 nodes, resources, versions, shared storage
 """
 
 from __future__ import annotations
@@ -110,6 +113,142 @@ def evaluate(model_dir: str, data_path: str, batch_size: int, as_json: bool) -> 
     for key, value in metrics.items():
         click.echo(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
     click.echo(f"({time.perf_counter() - started:.1f} s)")
+
+
+_ADDRESS_HELP = "The cluster's Jobs API (dashboard), e.g. http://HEAD:8265."
+_TOKEN_HELP = "Ray auth token (default: RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token)."
+
+
+def _jobs_client(address: str, token: str | None):
+    from raft import jobs
+    from raft.cluster import ClusterError
+    from raft.submission import SubmissionError
+
+    try:
+        return jobs.connect(address, token)
+    except (ClusterError, SubmissionError) as error:
+        _fail(str(error))
+
+
+@main.command()
+@click.argument("spec_file", type=click.Path(dir_okay=False))
+@click.argument("overrides", nargs=-1)
+@click.option("--address", envvar="RAY_JOBS_ADDRESS", required=True, help=_ADDRESS_HELP)
+@click.option("--working-dir", default=".", show_default=True, help="Folder uploaded with the job.")
+@click.option(
+    "--runtime-env",
+    "runtime_env_file",
+    default="jobs/runtime_env.yaml",
+    show_default=True,
+    help="Runtime env YAML (as ray job submit --runtime-env takes); '' for none.",
+)
+@click.option("--token", envvar="RAY_AUTH_TOKEN", help=_TOKEN_HELP)
+@click.option("--wait/--no-wait", default=True, help="Tail the job's logs and exit with its exit code.")
+def submit(
+    spec_file: str,
+    overrides: tuple[str, ...],
+    address: str,
+    working_dir: str,
+    runtime_env_file: str,
+    token: str | None,
+    wait: bool,
+) -> None:
+    """Run SPEC_FILE as a Ray job on the cluster at --address (raft train, remotely)."""
+    from raft import jobs, submission
+    from raft.cluster import ClusterError
+
+    spec = _load(spec_file, overrides)  # a bad spec never leaves this machine
+    try:
+        inside = submission.relative_spec_path(spec_file, working_dir)
+        env = submission.runtime_env(runtime_env_file or None, working_dir)
+    except submission.SubmissionError as error:
+        _fail(str(error))
+    client = _jobs_client(address, token)
+    try:
+        jobs.check_resources(client, spec)
+        job_id = jobs.submit(client, spec, inside, list(overrides), env)
+    except ClusterError as error:
+        _fail(str(error))
+    click.echo(f"[raft] submitted job {job_id}")
+    if not wait:
+        click.echo(f"[raft] follow it with: raft status {job_id} --address {address}")
+        return
+    final = jobs.follow(client, job_id)
+    click.echo(f"[raft] job {job_id} {final.status}" + (f": {final.message}" if final.message else ""))
+    sys.exit(final.exit_code)
+
+
+@main.command()
+@click.argument("job_id")
+@click.option("--address", envvar="RAY_JOBS_ADDRESS", required=True, help=_ADDRESS_HELP)
+@click.option("--token", envvar="RAY_AUTH_TOKEN", help=_TOKEN_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print the state as JSON.")
+def status(job_id: str, address: str, token: str | None, as_json: bool) -> None:
+    """Print the state of a submitted job."""
+    from dataclasses import asdict
+
+    from raft import jobs
+    from raft.cluster import ClusterError
+
+    client = _jobs_client(address, token)
+    try:
+        state = jobs.state(client, job_id)
+    except ClusterError as error:
+        _fail(str(error))
+    if as_json:
+        click.echo(json.dumps(asdict(state)))
+    else:
+        click.echo(f"{state.job_id}: {state.status}" + (f" ({state.message})" if state.message else ""))
+
+
+@main.command()
+@click.argument("job_id")
+@click.option("--address", envvar="RAY_JOBS_ADDRESS", required=True, help=_ADDRESS_HELP)
+@click.option("--token", envvar="RAY_AUTH_TOKEN", help=_TOKEN_HELP)
+def stop(job_id: str, address: str, token: str | None) -> None:
+    """Stop a submitted job."""
+    from raft import jobs
+    from raft.cluster import ClusterError
+
+    client = _jobs_client(address, token)
+    try:
+        stopped = jobs.stop(client, job_id)
+    except ClusterError as error:
+        _fail(str(error))
+    click.echo(f"{job_id}: {'stop requested' if stopped else 'already finished'}")
+
+
+@main.command()
+@click.option(
+    "--address", envvar="RAY_ADDRESS", help="Cluster to inspect (GCS address, e.g. HEAD:6379 or auto)."
+)
+@click.option("--storage", help="A path or URI to check every node can see (e.g. your output.dir).")
+def doctor(address: str | None, storage: str | None) -> None:
+    """Print the cluster's nodes, resources and versions; warn about what would break a run."""
+    import ray
+
+    from raft import nodes
+    from raft.cluster import probe_nodes
+    from raft.storage import normalize
+
+    try:
+        ray.init(address=address or "auto", logging_level="WARNING")
+    except Exception as error:
+        _fail(f"cannot connect to a Ray cluster at {address or 'auto'}: {str(error).splitlines()[0]}")
+    try:
+        location = normalize(storage) if storage else None
+        reports = probe_nodes(location)
+    finally:
+        ray.shutdown()
+    click.echo(nodes.format_nodes(reports))
+    problems = nodes.version_warnings(reports) + (
+        nodes.storage_problems(reports, location) if location else []
+    )
+    for problem in problems:
+        click.secho(f"warning: {problem}", fg="yellow")
+    if not problems:
+        click.echo(f"{len(reports)} node(s), versions agree" + (f", {location} shared" if location else ""))
+    sys.exit(1 if problems else 0)
 
 
 @main.command("spec-reference")

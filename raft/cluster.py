@@ -13,6 +13,8 @@ from typing import Any
 
 import ray
 
+from raft import storage
+from raft.nodes import VERSIONED, NodeReport, storage_problems
 from raft.resources import local_cluster_cpus, resource_problems
 
 
@@ -40,6 +42,7 @@ def connect(spec: Any, address: str | None = None, verbose: bool = False) -> Ite
         problems = resource_problems(spec, ray.cluster_resources())
         if problems:
             raise ClusterError("the cluster is too small for this spec: " + "; ".join(problems))
+        check_shared_storage(spec.output.dir)
         yield
     finally:
         if started:
@@ -53,3 +56,78 @@ def _quiet_data(verbose: bool) -> None:
     context = DataContext.get_current()
     context.enable_progress_bars = verbose
     context.print_on_execution_start = verbose
+
+
+def check_shared_storage(location: str) -> None:
+    """On a multi-node cluster, prove every node sees ``location`` before a run starts, so a
+    node-local path fails now with a clear message instead of at the first checkpoint."""
+    if len(_alive_nodes()) < 2:
+        return
+    problems = storage_problems(probe_nodes(location, versions=False), location)
+    if problems:
+        raise ClusterError("; ".join(problems))
+
+
+def probe_nodes(storage_location: str | None = None, versions: bool = True) -> list[NodeReport]:
+    """Run one small task pinned to each alive node: its versions and, given a storage
+    location, whether it can read a marker this process writes there."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = _alive_nodes()
+    marker = storage.write_marker(storage_location) if storage_location else None
+    probe = ray.remote(num_cpus=0, max_retries=0)(_probe)
+    try:
+        found = ray.get(
+            [
+                probe.options(
+                    scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
+                ).remote(marker, versions)
+                for node in nodes
+            ],
+            timeout=300,
+        )
+    finally:
+        if marker:
+            storage.delete(marker)
+    head = _head_node_id()
+    return [
+        NodeReport(
+            node_id=node["NodeID"],
+            address=node["NodeManagerAddress"],
+            cpus=float(node["Resources"].get("CPU", 0)),
+            gpus=float(node["Resources"].get("GPU", 0)),
+            is_head=node["NodeID"] == head,
+            versions=probe_versions,
+            sees_storage=sees,
+        )
+        for node, (probe_versions, sees) in zip(nodes, found, strict=True)
+    ]
+
+
+def _probe(marker: str | None, versions: bool) -> tuple[tuple[tuple[str, str], ...], bool | None]:
+    found: tuple[tuple[str, str], ...] = ()
+    if versions:
+        import importlib.metadata
+        import platform
+
+        def version(package: str) -> str:
+            if package == "python":
+                return platform.python_version()
+            try:
+                return importlib.metadata.version(package)
+            except importlib.metadata.PackageNotFoundError:
+                return "missing"
+
+        found = tuple((package, version(package)) for package in VERSIONED)
+    return found, (storage.sees(marker) if marker else None)
+
+
+def _alive_nodes() -> list[dict[str, Any]]:
+    return [node for node in ray.nodes() if node.get("Alive")]
+
+
+def _head_node_id() -> str | None:
+    for node in _alive_nodes():
+        if any(key.startswith("node:__internal_head__") for key in node.get("Resources", {})):
+            return node["NodeID"]
+    return None

@@ -134,7 +134,9 @@ class ScalingSection(SectionModel):
         1.0, description="Logical CPUs each worker reserves; also its torch thread count."
     )
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
-        "PACK", description="How workers are placed on nodes (Ray placement group strategy)."
+        "SPREAD",
+        description="How workers are placed on nodes (Ray placement group strategy). SPREAD puts "
+        "them on as many nodes as it can; PACK fills one node first.",
     )
     max_failures: NonNegativeInt = Field(
         0, description="Restarts from the last checkpoint after a worker failure."

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from raft import data, registry
+from raft import data, registry, storage
 from raft.cluster import connect
 from raft.labels import LabelMap
 from raft.sources import DataError
@@ -31,14 +32,14 @@ class TrainingFailed(RuntimeError):
 
 @dataclass
 class TrainOutcome:
-    run_dir: Path
-    model_dir: Path
+    run_dir: str  # a local folder or a URI (output.dir decides)
+    model_dir: str
     history: list[dict[str, Any]]
     summary: dict[str, Any]
 
 
-def run_dir_of(spec: Any) -> Path:
-    return Path(spec.output.dir).expanduser().absolute() / spec.run_name
+def run_dir_of(spec: Any) -> str:
+    return storage.join(storage.normalize(spec.output.dir), spec.run_name)
 
 
 def resolve_model_path(path: str) -> str:
@@ -59,7 +60,7 @@ def resolve_paths(spec: Any) -> Any:
     updates = {"model": spec.model.model_copy(update={"path": resolve_model_path(spec.model.path)})}
     name = spec.run_name
     updates["output"] = spec.output.model_copy(
-        update={"name": name, "dir": str(Path(spec.output.dir).expanduser().absolute())}
+        update={"name": name, "dir": storage.normalize(spec.output.dir)}
     )
     return spec.model_copy(update=updates)
 
@@ -83,8 +84,8 @@ def preflight(spec: Any) -> Any:
     spec = resolve_paths(spec)
     check_model_path(spec)
     data.resolve_sources(spec)
-    model_dir = run_dir_of(spec) / MODEL_DIR
-    if model_dir.exists():
+    model_dir = storage.join(run_dir_of(spec), MODEL_DIR)
+    if storage.exists(model_dir):
         raise RunError(
             f"run {spec.run_name!r} already finished: its model is at {model_dir}. "
             "Choose another output.name to train again."
@@ -108,8 +109,7 @@ def fit(spec: Any, address: str | None = None, verbose: bool = False) -> TrainOu
                 f"data.train has {prepared.train_rows} rows, fewer than scaling.num_workers="
                 f"{spec.scaling.num_workers}"
             )
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "spec.yaml").write_text(dump_spec(spec))
+        storage.write_text(storage.join(run_dir, "spec.yaml"), dump_spec(spec))
         print(
             f"[raft] run {spec.run_name}: {prepared.train_rows} training rows, "
             f"{prepared.validation_rows} validation rows"
@@ -133,7 +133,7 @@ def fit(spec: Any, address: str | None = None, verbose: bool = False) -> TrainOu
             ),
             run_config=RunConfig(
                 name=spec.run_name,
-                storage_path=str(run_dir.parent),
+                storage_path=spec.output.dir,
                 checkpoint_config=CheckpointConfig(num_to_keep=spec.output.num_checkpoints_to_keep),
                 failure_config=FailureConfig(max_failures=spec.scaling.max_failures),
             ),
@@ -150,20 +150,24 @@ def fit(spec: Any, address: str | None = None, verbose: bool = False) -> TrainOu
         with result.checkpoint.as_directory() as checkpoint_dir:
             from raft.export import export_model
 
-            model_dir = export_model(
-                Path(checkpoint_dir) / MODEL_DIR, run_dir / MODEL_DIR, spec, prepared.labels
-            )
+            model_dir = storage.join(run_dir, MODEL_DIR)
+            if storage.is_uri(model_dir):  # build it here, then upload
+                with tempfile.TemporaryDirectory(prefix="raft-export-") as local:
+                    exported = export_model(
+                        Path(checkpoint_dir) / MODEL_DIR, Path(local) / MODEL_DIR, spec, prepared.labels
+                    )
+                    storage.upload_dir(exported, model_dir)
+            else:
+                export_model(Path(checkpoint_dir) / MODEL_DIR, model_dir, spec, prepared.labels)
 
     summary = _summary(
         spec, prepared.labels, result.return_value or {}, time.perf_counter() - started, model_dir
     )
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    storage.write_text(storage.join(run_dir, "summary.json"), json.dumps(summary, indent=2))
     return TrainOutcome(run_dir, model_dir, summary["history"], summary)
 
 
-def _summary(
-    spec: Any, labels: LabelMap | None, returned: dict, wall_seconds: float, model_dir: Path
-) -> dict:
+def _summary(spec: Any, labels: LabelMap | None, returned: dict, wall_seconds: float, model_dir: str) -> dict:
     task = registry.get_task(spec.task.type)
     history = returned.get("history", [])
     key = f"val_{task.primary_metric}"
@@ -181,4 +185,5 @@ def _summary(
         "wall_seconds": wall_seconds,
         "labels": list(labels.names) if labels else None,
         "resumed_from": returned.get("resumed_from"),
+        "worker_nodes": returned.get("worker_nodes"),
     }

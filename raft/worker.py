@@ -72,6 +72,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     model = _build_model(spec, task, labels, ds_config)
     trainable, total = _count_parameters(model)
     log = _Logger(rank)
+    worker_nodes = _worker_nodes()
+    log(f"workers on {len(set(worker_nodes))} node(s): " + ", ".join(n[:8] for n in worker_nodes))
     log(
         f"model: {total:,} parameters, {trainable:,} trainable ({100 * trainable / max(total, 1):.2f}%) "
         f"· {spec.technique.type} · ZeRO {spec.deepspeed.zero_stage} · {precision} · {world_size} workers"
@@ -118,6 +120,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
             "samples_per_second_per_worker": samples_seen / elapsed if elapsed > 0 else 0.0,
             "precision": precision,
             "resumed_from": resumed_from,
+            "worker_nodes": worker_nodes,
         }
         if rank == 0
         else None
@@ -139,6 +142,18 @@ def _init_deepspeed_comm() -> None:
     import deepspeed
 
     deepspeed.init_distributed(dist_backend=dist.get_backend() if dist.is_initialized() else None)
+
+
+def _worker_nodes() -> list[str]:
+    """The Ray node id of every rank, in rank order (recorded in the run's summary)."""
+    import ray
+
+    mine = ray.get_runtime_context().get_node_id()
+    if not dist.is_initialized():
+        return [mine]
+    gathered: list[str | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, mine)
+    return [str(node) for node in gathered]
 
 
 def _seed_everything(seed: int) -> None:
@@ -187,9 +202,12 @@ def _deepspeed_engine(model: torch.nn.Module, spec: Any, ds_config: dict, steps:
             num_training_steps=steps,
         )
 
+    model = _data_parallel(model, spec)
     optimizer = None
     if uses_client_optimizer(ds_config):
-        optimizer = torch.optim.AdamW(groups, lr=spec.train.lr, betas=(0.9, 0.999), eps=1e-8)
+        # fused: one kernel over all parameters; on CPU it is ~7x faster than the default
+        # per-parameter loop (0.03 s against 0.24 s a step for MiniLM's 22M parameters).
+        optimizer = torch.optim.AdamW(groups, lr=spec.train.lr, betas=(0.9, 0.999), eps=1e-8, fused=True)
     engine, *_ = deepspeed.initialize(
         model=model,
         optimizer=optimizer,
@@ -198,7 +216,46 @@ def _deepspeed_engine(model: torch.nn.Module, spec: Any, ds_config: dict, steps:
         config=ds_config,
         dist_init_required=False,
     )
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        engine.enable_backward_allreduce = False  # DDP's reducer has already averaged them
     return engine
+
+
+def _data_parallel(model: torch.nn.Module, spec: Any) -> torch.nn.Module:
+    """ZeRO stage 0 is plain data parallelism, and there DeepSpeed all-reduces every gradient
+    in one blocking call after backward. torch's DDP reducer does the same sum in buckets
+    while backward is still running, which on CPU (gloo) is ~15% faster a step for
+    MiniLM, so raft hands stage 0's gradient sync to it. DeepSpeed still owns the optimizer,
+    clipping, schedule and checkpoints. Stages 1-3 partition state, and keep DeepSpeed's."""
+    if spec.deepspeed.zero_stage != 0 or not dist.is_initialized() or dist.get_world_size() < 2:
+        return model
+    device_ids = [torch.cuda.current_device()] if spec.scaling.use_gpu else None
+    if spec.scaling.use_gpu:
+        model = model.to(torch.cuda.current_device())
+    # find_unused_parameters: some families and techniques leave trainable parameters out of
+    # a step's graph (a pooler a head ignores, prompt tuning); DDP must not wait for them.
+    return torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=device_ids, find_unused_parameters=True
+    )
+
+
+def _hf_model(engine: Any) -> torch.nn.Module:
+    """The transformers/peft model inside the engine (and inside DDP, at stage 0)."""
+    module = engine.module
+    return module.module if isinstance(module, torch.nn.parallel.DistributedDataParallel) else module
+
+
+def _backward(engine: Any, loss: torch.Tensor) -> None:
+    """Backward; between gradient-accumulation boundaries DDP keeps gradients local."""
+    module = engine.module
+    if (
+        isinstance(module, torch.nn.parallel.DistributedDataParallel)
+        and not engine.is_gradient_accumulation_boundary()
+    ):
+        with module.no_sync():
+            engine.backward(loss)
+    else:
+        engine.backward(loss)
 
 
 # -- checkpoints ----------------------------------------------------------------------
@@ -220,7 +277,7 @@ def _restore(engine: Any, spec: Any, log: Any) -> TrainState | None:
 def _report(engine: Any, spec: Any, state: TrainState, metrics: dict[str, Any]) -> None:
     """Every worker writes its part of the checkpoint; Ray Train merges them in storage."""
     rank = ray.train.get_context().get_world_rank()
-    frozen = any(not p.requires_grad for p in engine.module.parameters())
+    frozen = any(not p.requires_grad for p in _hf_model(engine).parameters())
     with tempfile.TemporaryDirectory(prefix="raft-ckpt-") as directory:
         engine.save_checkpoint(
             os.path.join(directory, DEEPSPEED_DIR), tag=DEEPSPEED_TAG, exclude_frozen_parameters=frozen
@@ -236,9 +293,9 @@ def _save_hf_model(engine: Any, directory: str, rank: int) -> None:
     if engine.zero_optimization_stage() == 3:
         state_dict = engine._zero3_consolidated_16bit_state_dict()  # collective: all ranks
     else:
-        state_dict = engine.module.state_dict() if rank == 0 else None
+        state_dict = _hf_model(engine).state_dict() if rank == 0 else None
     if rank == 0:
-        engine.module.save_pretrained(directory, state_dict=state_dict, safe_serialization=True)
+        _hf_model(engine).save_pretrained(directory, state_dict=state_dict, safe_serialization=True)
 
 
 # -- training and evaluation ----------------------------------------------------------
@@ -261,7 +318,7 @@ def _train_one_epoch(
         if index < skip:  # resuming mid-epoch: these batches were trained before the restart
             continue
         loss = engine(**batch).loss
-        engine.backward(loss)
+        _backward(engine, loss)
         engine.step()
         size = int(batch["input_ids"].shape[0])
         loss_sum += float(loss.detach())

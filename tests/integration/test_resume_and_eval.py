@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -42,7 +43,7 @@ def test_merged_lora_export_loads_plainly_and_raft_eval_scores_it(tiny_bert, toy
         output={"merge_adapter": True},
     )
     outcome = fit(validate(document))
-    files = {p.name for p in outcome.model_dir.iterdir()}
+    files = {p.name for p in Path(outcome.model_dir).iterdir()}
     assert "model.safetensors" in files and "adapter_config.json" not in files
 
     from transformers import AutoModelForSequenceClassification

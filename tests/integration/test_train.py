@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -77,7 +78,7 @@ def test_trains_and_exports(tiny_bert, toy_data, tmp_path, zero_stage, technique
     )
     outcome = fit(spec)
     assert_learned(outcome, min_accuracy=0.85)
-    files = {p.name for p in outcome.model_dir.iterdir()}
+    files = {p.name for p in Path(outcome.model_dir).iterdir()}
     assert {"raft_spec.yaml", "labels.json", "tokenizer.json", "config.json", "README.md"} <= files
     assert not any(name.endswith((".bin", ".pt", ".pkl")) for name in files)
     if technique["type"] == "lora":
@@ -88,7 +89,7 @@ def test_trains_and_exports(tiny_bert, toy_data, tmp_path, zero_stage, technique
     predicted = predict_with_plain_transformers(outcome.model_dir, toy_data["validation"])
     assert predicted["modules"] == []
     assert predicted["accuracy"] == pytest.approx(outcome.history[-1]["val_accuracy"], abs=0.02)
-    summary = json.loads((outcome.run_dir / "summary.json").read_text())
+    summary = json.loads((Path(outcome.run_dir) / "summary.json").read_text())
     assert summary["after"] == outcome.history[-1]["val_accuracy"]
     assert summary["parameters"]["trainable"] <= summary["parameters"]["total"]
 

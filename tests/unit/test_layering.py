@@ -17,6 +17,9 @@ PURE = [
     "raft.techniques",
     "raft.export",
     "raft.evaluate",
+    "raft.storage",
+    "raft.nodes",
+    "raft.submission",
 ]
 
 
