@@ -106,9 +106,10 @@ cmd_local() {
   cmd_head --ip 127.0.0.1 --cpus "$head_cpus" --port "$port" --dashboard-port "$dashboard_port"
   local i
   for ((i = 1; i <= workers; i++)); do
-    # Raylets that share a machine need ports of their own.
+    # Raylets that share a machine need ports of their own, and temp dirs of their own: in a
+    # shared one, each node's runtime-env agent would unpack job working dirs over the others'.
     cmd_worker "127.0.0.1:$port" --ip 127.0.0.1 --cpus "$worker_cpus" --ray-start-args \
-      "--dashboard-agent-listen-port=$((dashboard_port + 100 + i)) --min-worker-port=$((11000 + 1000 * i)) --max-worker-port=$((11999 + 1000 * i))"
+      "--temp-dir=/tmp/raft-node-$port-$i --dashboard-agent-listen-port=$((dashboard_port + 100 + i)) --min-worker-port=$((11000 + 1000 * i)) --max-worker-port=$((11999 + 1000 * i))"
   done
   echo "raft-cluster: local cluster of $((workers + 1)) nodes up at 127.0.0.1:$port (Jobs API http://127.0.0.1:$dashboard_port)"
 }

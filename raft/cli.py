@@ -228,9 +228,10 @@ def doctor(address: str | None, storage: str | None) -> None:
     import ray
 
     from raft import nodes
-    from raft.cluster import probe_nodes
+    from raft.cluster import probe_nodes, use_token_if_available
     from raft.storage import normalize
 
+    use_token_if_available()
     try:
         ray.init(address=address or "auto", logging_level="WARNING")
     except Exception as error:

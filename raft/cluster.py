@@ -30,6 +30,7 @@ def connect(spec: Any, address: str | None = None, verbose: bool = False) -> Ite
     if not ray.is_initialized():
         settings: dict[str, Any] = {"logging_level": "INFO" if verbose else "WARNING"}
         if address:
+            use_token_if_available()
             try:
                 ray.init(address=address, **settings)
             except Exception as error:
@@ -56,6 +57,21 @@ def _quiet_data(verbose: bool) -> None:
     context = DataContext.get_current()
     context.enable_progress_bars = verbose
     context.print_on_execution_start = verbose
+
+
+def use_token_if_available() -> None:
+    """Joining a cluster: send the Ray auth token when this machine has one (RAY_AUTH_TOKEN,
+    RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token). Ray's client only loads it in token mode."""
+    from raft.submission import auth_token
+
+    if "RAY_AUTH_MODE" not in os.environ and auth_token() is not None:
+        os.environ["RAY_AUTH_MODE"] = "token"
+        try:  # Ray read its config when imported: make it see token mode now
+            from ray._raylet import Config
+
+            Config.initialize("")
+        except ImportError:
+            pass
 
 
 def check_shared_storage(location: str) -> None:
