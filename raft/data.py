@@ -105,10 +105,11 @@ def prepare(spec: Any) -> PreparedData:
     labels = None
     label_column = task.label_column(spec.task)
     if label_column is not None:
-        observed = train.unique(label_column)
+        sequence = getattr(task, "label_is_sequence", False)
+        observed = _unique_labels(train, label_column, sequence)
         try:
             labels = infer_label_map(observed, spec.task.labels)
-            labels.encode(validation.unique(label_column))
+            labels.encode(_unique_labels(validation, label_column, sequence))
         except ValueError as error:
             raise DataError(f"column {label_column!r}: {error}") from None
 
@@ -125,6 +126,14 @@ def prepare(spec: Any) -> PreparedData:
         for dataset in (train, validation)
     )
     return PreparedData(train, validation, labels, train_rows, validation_rows)
+
+
+def _unique_labels(dataset: ray.data.Dataset, column: str, sequence: bool) -> list[Any]:
+    """The distinct labels of a column; for a list column (one tag per token), of its items."""
+    if not sequence:
+        return dataset.unique(column)
+    tags = dataset.select_columns([column]).flat_map(lambda row: [{"tag": str(t)} for t in row[column]])
+    return tags.unique("tag")
 
 
 def _preprocess(

@@ -31,16 +31,17 @@ def load_exported(model_dir: str | Path) -> tuple[Any, Any, LabelMap | None]:
         raise EvalError(f"{model_dir} is not a model exported by raft (no {SPEC_FILE})")
     spec = load_spec(model_dir / SPEC_FILE)
     labels = LabelMap.load(model_dir) if (model_dir / LABELS_FILE).is_file() else None
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    import transformers
 
+    auto_class = getattr(transformers, registry.get_task(spec.task.type).auto_class)
     if (model_dir / "adapter_config.json").is_file():
         from peft import PeftModel
 
-        config = AutoConfig.from_pretrained(model_dir)
-        base = AutoModelForSequenceClassification.from_pretrained(spec.model.path, config=config)
+        config = transformers.AutoConfig.from_pretrained(model_dir)
+        base = auto_class.from_pretrained(spec.model.path, config=config)
         model = PeftModel.from_pretrained(base, str(model_dir))
     else:
-        model = AutoModelForSequenceClassification.from_pretrained(model_dir)
+        model = auto_class.from_pretrained(model_dir)
     return spec, model.eval(), labels
 
 
@@ -65,8 +66,7 @@ def evaluate_model(model_dir: str | Path, data_path: str, batch_size: int = 64) 
         raise DataError(f"--data {data_path!r} has no column(s) {missing}; it has {rows.column_names}")
     if len(rows) == 0:
         raise DataError(f"--data {data_path!r} has no rows")
-    num_labels = labels.num_labels if labels else 0
-    stats, loss_sum = task.empty_stats(num_labels), 0.0
+    stats, loss_sum = task.empty_stats(labels), 0.0
     tokenizer_path = str(model_dir)
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
@@ -78,6 +78,6 @@ def evaluate_model(model_dir: str | Path, data_path: str, batch_size: int = 64) 
         tensors = task.collate(features)
         outputs = model(**tensors)
         loss_sum += float(outputs.loss) * len(chunk[next(iter(chunk))])
-        stats = stats + task.eval_stats(outputs, tensors, num_labels)
-    metrics = {f"val_{k}": v for k, v in task.metrics(stats).items()}
+        stats = stats + task.eval_stats(outputs, tensors, labels)
+    metrics = {f"val_{k}": v for k, v in task.metrics(stats, labels).items()}
     return {"rows": len(rows), **metrics, "val_loss": loss_sum / len(rows)}

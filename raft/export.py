@@ -73,7 +73,7 @@ def _merge_adapter(
 
 
 def _model_card(spec: Any, labels: LabelMap | None, is_adapter: bool) -> str:
-    auto = "AutoModelForSequenceClassification"
+    auto = registry.get_task(spec.task.type).auto_class
     if is_adapter:
         load = (
             "from peft import PeftModel\n"

@@ -81,3 +81,19 @@ def write_jsonl(rows: list[dict], path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path
+
+
+def toy_ner_rows(count: int, seed: int = 0) -> list[dict]:
+    """Rows {"tokens", "tags"}: cue words are entities (B-POS / B-NEG), fillers are O."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(count):
+        tokens = [rng.choice(FILLERS) for _ in range(rng.randint(3, 8))]
+        tags = ["O"] * len(tokens)
+        for _ in range(rng.randint(1, 2)):
+            kind = rng.choice(sorted(CUES))
+            at = rng.randint(0, len(tokens))
+            tokens.insert(at, rng.choice(CUES[kind]))
+            tags.insert(at, "B-POS" if kind == "positive" else "B-NEG")
+        rows.append({"tokens": tokens, "tags": tags})
+    return rows

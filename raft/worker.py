@@ -78,7 +78,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
         f"model: {total:,} parameters, {trainable:,} trainable ({100 * trainable / max(total, 1):.2f}%) "
         f"· {spec.technique.type} · ZeRO {spec.deepspeed.zero_stage} · {precision} · {world_size} workers"
     )
-    engine = _deepspeed_engine(model, spec, ds_config, steps)
+    engine = _deepspeed_engine(model, spec, task, ds_config, steps)
     device = engine.device
 
     restored = _restore(engine, spec, log)
@@ -86,10 +86,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     state = restored or TrainState()
     train_shard = ray.train.get_dataset_shard("train")
     validation_shard = ray.train.get_dataset_shard("validation")
-    num_labels = labels.num_labels if labels else 0
 
     if not state.history:
-        initial = _evaluate(engine, validation_shard, task, spec, num_labels, device)
+        initial = _evaluate(engine, validation_shard, task, spec, labels, device)
         initial.update(epoch=0, global_step=0)
         state.history.append(initial)
         log(f"before training: {_format(initial)}")
@@ -100,7 +99,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
         samples_seen += epoch_stats["samples"]
         state.epoch += 1
         state.batches_into_epoch = 0
-        metrics = _evaluate(engine, validation_shard, task, spec, num_labels, device)
+        metrics = _evaluate(engine, validation_shard, task, spec, labels, device)
         metrics.update(
             epoch=state.epoch,
             global_step=state.global_step,
@@ -188,7 +187,7 @@ def _count_parameters(model: torch.nn.Module) -> tuple[int, int]:
     return trainable, sum(numel(p) for p in model.parameters())
 
 
-def _deepspeed_engine(model: torch.nn.Module, spec: Any, ds_config: dict, steps: int) -> Any:
+def _deepspeed_engine(model: torch.nn.Module, spec: Any, task: Any, ds_config: dict, steps: int) -> Any:
     import deepspeed
     from transformers import get_scheduler
 
@@ -202,7 +201,7 @@ def _deepspeed_engine(model: torch.nn.Module, spec: Any, ds_config: dict, steps:
             num_training_steps=steps,
         )
 
-    model = _data_parallel(model, spec)
+    model = _data_parallel(model, spec, task)
     optimizer = None
     if uses_client_optimizer(ds_config):
         # fused: one kernel over all parameters; on CPU it is ~7x faster than the default
@@ -221,7 +220,7 @@ def _deepspeed_engine(model: torch.nn.Module, spec: Any, ds_config: dict, steps:
     return engine
 
 
-def _data_parallel(model: torch.nn.Module, spec: Any) -> torch.nn.Module:
+def _data_parallel(model: torch.nn.Module, spec: Any, task: Any) -> torch.nn.Module:
     """ZeRO stage 0 is plain data parallelism, and there DeepSpeed all-reduces every gradient
     in one blocking call after backward. torch's DDP reducer does the same sum in buckets
     while backward is still running, which on CPU (gloo) is ~15% faster a step for
@@ -232,9 +231,11 @@ def _data_parallel(model: torch.nn.Module, spec: Any) -> torch.nn.Module:
     device_ids = [torch.cuda.current_device()] if spec.scaling.use_gpu else None
     if spec.scaling.use_gpu:
         model = model.to(torch.cuda.current_device())
-    # find_unused_parameters: some families and techniques leave trainable parameters out of
-    # a step's graph (a pooler a head ignores, prompt tuning); DDP must not wait for them.
+    # A family whose steps leave some trainable parameters out of the graph says so, and
+    # DDP then looks for them each step (a graph traversal that costs time otherwise).
     return torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=device_ids, find_unused_parameters=task.has_unused_parameters
+    )
         model, device_ids=device_ids, find_unused_parameters=True
     )
 
@@ -366,17 +367,17 @@ def _done(state: TrainState, spec: Any) -> bool:
 
 @torch.no_grad()
 def _evaluate(
-    engine: Any, shard: Any, task: Any, spec: Any, num_labels: int, device: Any
+    engine: Any, shard: Any, task: Any, spec: Any, labels: LabelMap | None, device: Any
 ) -> dict[str, float]:
     """Validation loss and the family's metrics over every worker's shard."""
     engine.eval()
-    loss_sum, rows, stats = 0.0, 0, task.empty_stats(num_labels)
+    loss_sum, rows, stats = 0.0, 0, task.empty_stats(labels)
     for batch in _batches(shard, task, spec, device):
         outputs = engine(**batch)
         size = int(batch["input_ids"].shape[0])
         loss_sum += float(outputs.loss) * size
         rows += size
-        stats = stats + task.eval_stats(outputs, batch, num_labels)
+        stats = stats + task.eval_stats(outputs, batch, labels)
     engine.train()
     # One all-reduce of [loss_sum, rows, stats...]: sums over workers are exact.
     packed = torch.tensor(
@@ -386,7 +387,7 @@ def _evaluate(
         dist.all_reduce(packed)
     packed = packed.cpu().numpy()
     total_rows = int(packed[1])
-    metrics = task.metrics(packed[2:].reshape(stats.shape).round().astype(np.int64))
+    metrics = task.metrics(packed[2:].reshape(stats.shape).round().astype(np.int64), labels)
     metrics = {f"val_{key}": value for key, value in metrics.items()}
     metrics["val_loss"] = float(packed[0] / total_rows) if total_rows else float("nan")
     metrics["val_rows"] = total_rows

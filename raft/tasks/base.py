@@ -21,11 +21,18 @@ class Task(ABC):
 
     name: ClassVar[str]
     spec_class: ClassVar[type[TaskSpec]]
+    # The transformers Auto class of this family's models (e.g. "AutoModelForSequenceClassification").
+    auto_class: ClassVar[str]
     # peft's TaskType for adapters on this family (e.g. "SEQ_CLS").
     peft_task_type: ClassVar[str]
     # Validation metric the run summary leads with, and whether higher is better.
     primary_metric: ClassVar[str]
     primary_mode: ClassVar[str] = "max"
+    # True when the label column holds one label per token (a list), not one per row.
+    label_is_sequence: ClassVar[bool] = False
+    # True when a training step may leave trainable parameters without a gradient (DDP
+    # must then search for them each step).
+    has_unused_parameters: ClassVar[bool] = False
 
     # -- data ---------------------------------------------------------------------
     @abstractmethod
@@ -74,15 +81,15 @@ class Task(ABC):
 
     # -- evaluation ---------------------------------------------------------------
     @abstractmethod
-    def empty_stats(self, num_labels: int) -> np.ndarray:
+    def empty_stats(self, labels: LabelMap | None) -> np.ndarray:
         """Zero statistics (what a worker with no validation rows contributes)."""
 
     @abstractmethod
-    def eval_stats(self, outputs: Any, batch: dict[str, torch.Tensor], num_labels: int) -> np.ndarray:
+    def eval_stats(self, outputs: Any, batch: dict[str, torch.Tensor], labels: LabelMap | None) -> np.ndarray:
         """Sufficient statistics of one batch; summed over batches and workers."""
 
     @abstractmethod
-    def metrics(self, stats: np.ndarray) -> dict[str, float]:
+    def metrics(self, stats: np.ndarray, labels: LabelMap | None) -> dict[str, float]:
         """Metrics from summed statistics."""
 
     # -- tests --------------------------------------------------------------------

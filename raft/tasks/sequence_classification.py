@@ -37,6 +37,7 @@ class SequenceClassificationSpec(TaskSpec):
 class SequenceClassification(Task):
     name = "sequence_classification"
     spec_class = SequenceClassificationSpec
+    auto_class = "AutoModelForSequenceClassification"
     peft_task_type = "SEQ_CLS"
     primary_metric = "accuracy"
 
@@ -95,14 +96,14 @@ class SequenceClassification(Task):
             use_safetensors=True,
         )
 
-    def empty_stats(self, num_labels: int) -> np.ndarray:
-        return np.zeros((num_labels, num_labels), dtype=np.int64)
+    def empty_stats(self, labels: LabelMap | None) -> np.ndarray:
+        return np.zeros((labels.num_labels, labels.num_labels), dtype=np.int64)
 
-    def eval_stats(self, outputs: Any, batch: dict[str, torch.Tensor], num_labels: int) -> np.ndarray:
+    def eval_stats(self, outputs: Any, batch: dict[str, torch.Tensor], labels: LabelMap | None) -> np.ndarray:
         predictions = outputs.logits.argmax(dim=-1).cpu().numpy()
-        return confusion_matrix(batch["labels"].cpu().numpy(), predictions, num_labels)
+        return confusion_matrix(batch["labels"].cpu().numpy(), predictions, labels.num_labels)
 
-    def metrics(self, stats: np.ndarray) -> dict[str, float]:
+    def metrics(self, stats: np.ndarray, labels: LabelMap | None) -> dict[str, float]:
         return classification_metrics(stats)
 
     def tiny_config(self, **overrides: Any) -> Any:

@@ -80,6 +80,6 @@ def test_eval_stats_are_a_confusion_matrix():
     class Out:
         logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [3.0, 1.0]])
 
-    stats = TASK.eval_stats(Out(), {"labels": torch.tensor([0, 0, 1])}, 2)
+    stats = TASK.eval_stats(Out(), {"labels": torch.tensor([0, 0, 1])}, LabelMap(("a", "b")))
     assert stats.tolist() == [[1, 1], [1, 0]]
-    assert TASK.metrics(stats)["accuracy"] == pytest.approx(1 / 3)
+    assert TASK.metrics(stats, LabelMap(("a", "b")))["accuracy"] == pytest.approx(1 / 3)

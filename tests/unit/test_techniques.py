@@ -120,3 +120,41 @@ def test_prompt_tuning_text_init(tiny_bert):
         {"type": "prompt_tuning", "num_virtual_tokens": 3, "init": "text", "init_text": "good or bad"},
     )
     assert model.peft_config["default"].prompt_tuning_init == "TEXT"
+
+
+def test_prefix_tuning_trains_only_the_prefix_and_head(tiny_bert):
+    spec, model = build(tiny_bert, {"type": "prefix_tuning", "num_virtual_tokens": 4})
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert any("prompt_encoder" in n for n in trainable)
+    assert all("prompt_encoder" in n or "classifier" in n for n in trainable)
+    before, after = train_steps(model, spec, tiny_bert)
+    for name in before:
+        assert changed(before, after, name) == (name in trainable), name
+
+
+def test_ia3_trains_only_its_vectors_and_head(tiny_bert):
+    spec, model = build(tiny_bert, {"type": "ia3"})
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert any("ia3_l" in n for n in trainable)
+    assert all("ia3_l" in n or "classifier" in n for n in trainable)
+    before, after = train_steps(model, spec, tiny_bert)
+    for name in before:
+        assert changed(before, after, name) == (name in trainable), name
+
+
+@pytest.mark.parametrize(
+    ("technique", "message"),
+    [
+        ({"type": "ia3", "feedforward_modules": ["output.dense"]}, "needs target_modules"),
+        ({"type": "ia3", "target_modules": ["key"]}, "list feedforward_modules too"),
+        (
+            {"type": "ia3", "target_modules": ["key"], "feedforward_modules": ["value"]},
+            "not in target_modules",
+        ),
+    ],
+)
+def test_ia3_module_lists_are_checked(tiny_bert, technique, message):
+    from raft.spec import SpecError
+
+    with pytest.raises(SpecError, match=message):
+        build(tiny_bert, technique)

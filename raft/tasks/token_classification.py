@@ -1,0 +1,190 @@
+"""Token classification: named entities (BIO/IOBES tags), part-of-speech, chunking.
+
+Rows hold pre-split words and one tag per word (two list columns). Words are cut into
+sub-word tokens; the first sub-token of each word carries the word's tag and the others
+are ignored by the loss (-100), unless ``label_all_subtokens``. Metrics: entity-level
+precision, recall and F1 (entities found with seqeval), and token accuracy.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import Field, PositiveInt
+
+from raft.labels import LabelMap
+from raft.registry import TaskSpec, register_task
+from raft.tasks.base import Task, load_tokenizer
+from raft.tasks.sequence_classification import trim_padding
+
+IGNORE = -100
+
+
+class TokenClassificationSpec(TaskSpec):
+    type: Literal["token_classification"] = "token_classification"
+    tokens_column: str = Field("tokens", description="Column with each row's words (a list of strings).")
+    tags_column: str = Field("tags", description="Column with one tag per word (names like B-PER, or ids).")
+    labels: list[str] | None = Field(
+        None,
+        min_length=2,
+        description="Tag names in id order. Default: the sorted tags found in the training data.",
+    )
+    label_all_subtokens: bool = Field(
+        False, description="Give every sub-token its word's tag (default: the first sub-token only)."
+    )
+    max_length: PositiveInt = Field(128, description="Sub-word tokens per row; longer rows are cut.")
+
+
+class TokenClassification(Task):
+    name = "token_classification"
+    spec_class = TokenClassificationSpec
+    auto_class = "AutoModelForTokenClassification"
+    peft_task_type = "TOKEN_CLS"
+    primary_metric = "f1"
+    label_is_sequence = True
+
+    def required_columns(self, spec: TokenClassificationSpec) -> list[str]:
+        return [spec.tokens_column, spec.tags_column]
+
+    def label_column(self, spec: TokenClassificationSpec) -> str:
+        return spec.tags_column
+
+    def preprocess(
+        self,
+        batch: dict[str, np.ndarray],
+        spec: TokenClassificationSpec,
+        model_path: str,
+        labels: LabelMap | None,
+    ) -> dict[str, np.ndarray]:
+        tokenizer = load_tokenizer(model_path)
+        words = [_strings(value, spec.tokens_column, i) for i, value in enumerate(batch[spec.tokens_column])]
+        encoded = tokenizer(
+            words,
+            is_split_into_words=True,
+            truncation=True,
+            max_length=spec.max_length,
+            padding="max_length",
+        )
+        features = {key: np.asarray(value, dtype=np.int64) for key, value in encoded.items()}
+        if labels is not None:
+            rows = []
+            for i, value in enumerate(batch[spec.tags_column]):
+                tags = _strings(value, spec.tags_column, i)
+                if len(tags) != len(words[i]):
+                    raise ValueError(
+                        f"row {i} of the batch has {len(words[i])} words in {spec.tokens_column!r} but "
+                        f"{len(tags)} tags in {spec.tags_column!r}: {words[i][:8]}"
+                    )
+                rows.append(align_tags(encoded.word_ids(i), labels.encode(tags), spec.label_all_subtokens))
+            features["labels"] = np.asarray(rows, dtype=np.int64)
+        return features
+
+    def collate(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        return trim_padding({key: torch.from_numpy(np.array(value)) for key, value in batch.items()})
+
+    def build_model(
+        self,
+        model_path: str,
+        spec: TokenClassificationSpec,
+        labels: LabelMap | None,
+        trust_remote_code: bool = False,
+    ) -> torch.nn.Module:
+        from transformers import AutoModelForTokenClassification
+
+        if labels is None:
+            raise ValueError("token classification needs a tag set")
+        return AutoModelForTokenClassification.from_pretrained(
+            model_path,
+            num_labels=labels.num_labels,
+            id2label=labels.id2label,
+            label2id=labels.label2id,
+            trust_remote_code=trust_remote_code,
+            use_safetensors=True,
+        )
+
+    # Statistics: one row [true positives, predicted, gold] per entity type, and a last
+    # row [correct tokens, scored tokens, 0]. Counts add up across batches and workers.
+    def empty_stats(self, labels: LabelMap | None) -> np.ndarray:
+        return np.zeros((len(entity_types(labels.names)) + 1, 3), dtype=np.int64)
+
+    def eval_stats(self, outputs: Any, batch: dict[str, torch.Tensor], labels: LabelMap | None) -> np.ndarray:
+        predictions = outputs.logits.argmax(dim=-1).cpu().numpy()
+        gold = batch["labels"].cpu().numpy()
+        return entity_stats(gold, predictions, labels.names)
+
+    def metrics(self, stats: np.ndarray, labels: LabelMap | None) -> dict[str, float]:
+        return entity_metrics(stats)
+
+    def tiny_config(self, **overrides: Any) -> Any:
+        from raft.tasks.sequence_classification import SequenceClassification
+
+        return SequenceClassification().tiny_config(**overrides)
+
+
+def align_tags(word_ids: list[int | None], tag_ids: list[int], label_all_subtokens: bool) -> list[int]:
+    """One label per sub-token: the word's tag on its first sub-token (on all of them with
+    ``label_all_subtokens``), -100 on special tokens, padding and continuation sub-tokens."""
+    aligned, previous = [], None
+    for word in word_ids:
+        if word is None:
+            aligned.append(IGNORE)
+        elif word != previous or label_all_subtokens:
+            aligned.append(tag_ids[word])
+        else:
+            aligned.append(IGNORE)
+        previous = word
+    return aligned
+
+
+def entity_types(names: tuple[str, ...]) -> list[str]:
+    """Entity types named by BIO/IOBES tags (B-PER, I-PER → PER); "O" names none."""
+    return sorted({name.split("-", 1)[1] for name in names if "-" in name and name[0] in "BIESL"})
+
+
+def entity_stats(gold: np.ndarray, predictions: np.ndarray, names: tuple[str, ...]) -> np.ndarray:
+    from seqeval.metrics.sequence_labeling import get_entities
+
+    types = entity_types(names)
+    index = {kind: i for i, kind in enumerate(types)}
+    stats = np.zeros((len(types) + 1, 3), dtype=np.int64)
+    for gold_row, predicted_row in zip(gold, predictions, strict=True):
+        scored = gold_row != IGNORE
+        gold_tags = [names[i] for i in gold_row[scored]]
+        predicted_tags = [names[i] for i in predicted_row[scored]]
+        stats[-1, 0] += sum(g == p for g, p in zip(gold_tags, predicted_tags, strict=True))
+        stats[-1, 1] += len(gold_tags)
+        gold_entities = {e for e in get_entities(gold_tags) if e[0] in index}
+        predicted_entities = {e for e in get_entities(predicted_tags) if e[0] in index}
+        for kind, *_ in gold_entities & predicted_entities:
+            stats[index[kind], 0] += 1
+        for kind, *_ in predicted_entities:
+            stats[index[kind], 1] += 1
+        for kind, *_ in gold_entities:
+            stats[index[kind], 2] += 1
+    return stats
+
+
+def entity_metrics(stats: np.ndarray) -> dict[str, float]:
+    """Micro-averaged entity precision/recall/F1 (as seqeval's default) and token accuracy."""
+    true_positives, predicted, gold = (int(v) for v in stats[:-1].sum(axis=0))
+    precision = true_positives / predicted if predicted else 0.0
+    recall = true_positives / gold if gold else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    correct, scored = int(stats[-1, 0]), int(stats[-1, 1])
+    return {
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "token_accuracy": correct / scored if scored else 0.0,
+    }
+
+
+def _strings(value: Any, column: str, row: int) -> list[str]:
+    if value is None or isinstance(value, (str, bytes)) or not hasattr(value, "__len__"):
+        raise ValueError(f"row {row} of the batch: column {column!r} must hold a list, got {value!r:.60}")
+    return [str(v) for v in value]
+
+
+register_task(TokenClassification())

