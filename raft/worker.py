@@ -236,8 +236,6 @@ def _data_parallel(model: torch.nn.Module, spec: Any, task: Any) -> torch.nn.Mod
     return torch.nn.parallel.DistributedDataParallel(
         model, device_ids=device_ids, find_unused_parameters=task.has_unused_parameters
     )
-        model, device_ids=device_ids, find_unused_parameters=True
-    )
 
 
 def _hf_model(engine: Any) -> torch.nn.Module:
