@@ -137,7 +137,10 @@ def trim_padding(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return batch
     longest = int(mask.sum(dim=1).max().item()) or 1
     return {
-        key: value[:, :longest] if value.dim() == 2 and value.shape[1] == mask.shape[1] else value
+        # contiguous: heads call .view() on labels (token classification's loss does)
+        key: value[:, :longest].contiguous()
+        if value.dim() == 2 and value.shape[1] == mask.shape[1]
+        else value
         for key, value in batch.items()
     }
 
