@@ -107,4 +107,4 @@ def apply_technique(model: torch.nn.Module, spec: TechniqueSpec, task: Task) -> 
 def unsupported_reason(technique: str, task: Task) -> str | None:
     """None when ``technique`` works for ``task``; otherwise why not."""
     _load_all()
-    return _TECHNIQUES[technique][2](task)
+    return getattr(task, "unsupported_techniques", {}).get(technique) or _TECHNIQUES[technique][2](task)

@@ -33,6 +33,8 @@ class Task(ABC):
     # True when a training step may leave trainable parameters without a gradient (DDP
     # must then search for them each step).
     has_unused_parameters: ClassVar[bool] = False
+    # Techniques this family cannot take, each with the reason shown at validation.
+    unsupported_techniques: ClassVar[dict[str, str]] = {}
 
     # -- data ---------------------------------------------------------------------
     @abstractmethod

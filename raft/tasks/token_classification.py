@@ -44,6 +44,11 @@ class TokenClassification(Task):
     peft_task_type = "TOKEN_CLS"
     primary_metric = "f1"
     label_is_sequence = True
+    unsupported_techniques = {
+        "prompt_tuning": "peft's prompt tuning prepends virtual tokens to the input, so the "
+        "per-token logits no longer line up with the tags; use prefix_tuning, which adds its "
+        "prefix inside attention instead",
+    }
 
     def required_columns(self, spec: TokenClassificationSpec) -> list[str]:
         return [spec.tokens_column, spec.tags_column]

@@ -25,11 +25,7 @@ class PrefixTuningSpec(TechniqueSpec):
     )
 
 
-def _supports(task: Task) -> str | None:
-    return getattr(task, "prefix_tuning_unsupported", None)
-
-
-@register_technique(PrefixTuningSpec, supports=_supports)
+@register_technique(PrefixTuningSpec)
 def apply(model: torch.nn.Module, spec: PrefixTuningSpec, task: Task) -> torch.nn.Module:
     from peft import PrefixTuningConfig, get_peft_model
 

@@ -46,12 +46,12 @@ def ner(tmp_path_factory):
     }
 
 
+# One of each kind: all weights, a weight adapter, a prefix on every attention layer. Each
+# run costs ~100 s of mostly fixed Ray/DeepSpeed start-up on 2 cores; freeze, IA3 and prompt
+# tuning on this family are covered by tests/unit/test_techniques.py's invariant tests.
 TECHNIQUES = {
     "full": ({"type": "full"}, 3e-3),
-    "freeze": ({"type": "freeze", "embeddings": False, "lowest_layers": 1}, 3e-3),
     "lora": ({"type": "lora", "r": 8, "dropout": 0.0}, 1e-2),
-    "ia3": ({"type": "ia3"}, 3e-2),
-    "prompt_tuning": ({"type": "prompt_tuning", "num_virtual_tokens": 4}, 3e-2),
     "prefix_tuning": ({"type": "prefix_tuning", "num_virtual_tokens": 4}, 3e-2),
 }
 

@@ -158,3 +158,64 @@ def test_ia3_module_lists_are_checked(tiny_bert, technique, message):
 
     with pytest.raises(SpecError, match=message):
         build(tiny_bert, technique)
+
+
+NER_TECHNIQUES = [
+    {"type": "full"},
+    {"type": "freeze", "embeddings": True, "lowest_layers": 1},
+    {"type": "lora", "r": 4},
+    {"type": "ia3"},
+    {"type": "prefix_tuning", "num_virtual_tokens": 4},
+]
+
+
+def test_prompt_tuning_is_refused_for_token_classification_with_the_reason():
+    from raft.spec import SpecError
+
+    with pytest.raises(SpecError, match="prompt tuning prepends virtual tokens"):
+        validate(
+            {
+                "model": {"path": "m"},
+                "task": {"type": "token_classification"},
+                "technique": {"type": "prompt_tuning"},
+                "data": {"train": "t.jsonl"},
+            }
+        )
+
+
+@pytest.mark.parametrize("technique", NER_TECHNIQUES, ids=lambda t: t["type"])
+def test_every_technique_on_token_classification(tiny_bert, technique):
+    """On the NER family too: trainable parameters move, the others stay bit-identical."""
+    import numpy as np
+
+    from raft.testing import toy_ner_rows
+
+    ner = get_task("token_classification")
+    tags = LabelMap(("B-NEG", "B-POS", "O"))
+    spec = validate(
+        {
+            "model": {"path": str(tiny_bert)},
+            "task": {"type": "token_classification", "max_length": 16},
+            "technique": technique,
+            "data": {"train": "t.jsonl"},
+        }
+    )
+    torch.manual_seed(0)
+    model = apply_technique(ner.build_model(str(tiny_bert), spec.task, tags, False), spec.technique, ner)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    rows = toy_ner_rows(48, seed=3)
+    for i in range(3):
+        chunk = rows[16 * i : 16 * (i + 1)]
+        batch = {k: np.array([r[k] for r in chunk], dtype=object) for k in ("tokens", "tags")}
+        model(**ner.collate(ner.preprocess(batch, spec.task, str(tiny_bert), tags))).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    after = dict(model.named_parameters())
+    assert trainable and len(trainable) <= len(before)
+    for name in before:
+        if name in trainable and "lora_A" not in name:  # lora_A moves only once lora_B has
+            assert changed(before, after, name), name
+        elif name not in trainable:
+            assert not changed(before, after, name), name
