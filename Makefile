@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-unit test-integration lint format bench clean
+.PHONY: install demo test test-unit test-integration test-multinode lint format bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,9 @@ test-unit: install
 
 test-integration: install
 	$(BIN)/pytest tests/integration
+
+test-multinode: install
+	$(BIN)/pytest tests/multinode
 
 lint: install
 	$(BIN)/ruff check .
