@@ -95,6 +95,10 @@ def test_finished_run_is_not_overwritten(write_spec, tmp_path):
 def test_list_prints_the_matrix():
     result = run("list")
     assert result.exit_code == 0
-    header, row = result.output.splitlines()[:2]
-    assert all(t in header for t in ("full", "freeze", "lora", "prompt_tuning"))
-    assert row.startswith("sequence_classification") and row.count("yes") == 4
+    header, *rows = result.output.splitlines()
+    techniques = ("freeze", "full", "ia3", "lora", "prefix_tuning", "prompt_tuning")
+    assert header.split()[1:] == list(techniques)
+    by_family = {row.split()[0]: row for row in rows}
+    assert by_family["sequence_classification"].count("yes") == len(techniques)
+    ner = by_family["token_classification"]
+    assert ner.count("yes") == len(techniques) - 1 and "no (peft's prompt tuning prepends" in ner
