@@ -62,6 +62,24 @@ class Task(ABC):
     ) -> torch.nn.Module:
         """Load the pretrained model from a local folder, with a fresh head if needed."""
 
+    def load_with_head(
+        self, model_path: str, labels: LabelMap | None, trust_remote_code: bool
+    ) -> torch.nn.Module:
+        """``auto_class.from_pretrained`` with a new head sized to ``labels``, whose names go
+        into the config (``id2label``) so predictions come back in the user's words."""
+        import transformers
+
+        if labels is None:
+            raise ValueError(f"{self.name} needs a label set")
+        return getattr(transformers, self.auto_class).from_pretrained(
+            model_path,
+            num_labels=labels.num_labels,
+            id2label=labels.id2label,
+            label2id=labels.label2id,
+            trust_remote_code=trust_remote_code,
+            use_safetensors=True,
+        )
+
     def lora_targets(self, model: torch.nn.Module) -> list[str]:
         """Default LoRA target modules: peft's table for this architecture, else q/v-like."""
         from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING

@@ -83,18 +83,7 @@ class SequenceClassification(Task):
         labels: LabelMap | None,
         trust_remote_code: bool = False,
     ) -> torch.nn.Module:
-        from transformers import AutoModelForSequenceClassification
-
-        if labels is None:
-            raise ValueError("sequence classification needs a label set")
-        return AutoModelForSequenceClassification.from_pretrained(
-            model_path,
-            num_labels=labels.num_labels,
-            id2label=labels.id2label,
-            label2id=labels.label2id,
-            trust_remote_code=trust_remote_code,
-            use_safetensors=True,
-        )
+        return self.load_with_head(model_path, labels, trust_remote_code)
 
     def empty_stats(self, labels: LabelMap | None) -> np.ndarray:
         return np.zeros((labels.num_labels, labels.num_labels), dtype=np.int64)

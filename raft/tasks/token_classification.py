@@ -96,18 +96,7 @@ class TokenClassification(Task):
         labels: LabelMap | None,
         trust_remote_code: bool = False,
     ) -> torch.nn.Module:
-        from transformers import AutoModelForTokenClassification
-
-        if labels is None:
-            raise ValueError("token classification needs a tag set")
-        return AutoModelForTokenClassification.from_pretrained(
-            model_path,
-            num_labels=labels.num_labels,
-            id2label=labels.id2label,
-            label2id=labels.label2id,
-            trust_remote_code=trust_remote_code,
-            use_safetensors=True,
-        )
+        return self.load_with_head(model_path, labels, trust_remote_code)
 
     # Statistics: one row [true positives, predicted, gold] per entity type, and a last
     # row [correct tokens, scored tokens, 0]. Counts add up across batches and workers.

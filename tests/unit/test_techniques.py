@@ -104,11 +104,20 @@ def test_lora_target_modules_override(tiny_bert):
         build(tiny_bert, {"type": "lora", "target_modules": ["nonexistent"]})
 
 
-def test_prompt_tuning_trains_only_the_prompt_and_head(tiny_bert):
-    spec, model = build(tiny_bert, {"type": "prompt_tuning", "num_virtual_tokens": 4})
+@pytest.mark.parametrize(
+    ("technique", "marker"),
+    [
+        ({"type": "prompt_tuning", "num_virtual_tokens": 4}, "prompt_encoder"),
+        ({"type": "prefix_tuning", "num_virtual_tokens": 4}, "prompt_encoder"),
+        ({"type": "ia3"}, "ia3_l"),
+    ],
+    ids=lambda value: value["type"] if isinstance(value, dict) else value,
+)
+def test_peft_technique_trains_only_its_weights_and_the_head(tiny_bert, technique, marker):
+    spec, model = build(tiny_bert, technique)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert any("prompt_encoder" in n for n in trainable)
-    assert all("prompt_encoder" in n or "classifier" in n for n in trainable)
+    assert any(marker in n for n in trainable)
+    assert all(marker in n or "classifier" in n for n in trainable)
     before, after = train_steps(model, spec, tiny_bert)
     for name in before:
         assert changed(before, after, name) == (name in trainable), name
@@ -120,26 +129,6 @@ def test_prompt_tuning_text_init(tiny_bert):
         {"type": "prompt_tuning", "num_virtual_tokens": 3, "init": "text", "init_text": "good or bad"},
     )
     assert model.peft_config["default"].prompt_tuning_init == "TEXT"
-
-
-def test_prefix_tuning_trains_only_the_prefix_and_head(tiny_bert):
-    spec, model = build(tiny_bert, {"type": "prefix_tuning", "num_virtual_tokens": 4})
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert any("prompt_encoder" in n for n in trainable)
-    assert all("prompt_encoder" in n or "classifier" in n for n in trainable)
-    before, after = train_steps(model, spec, tiny_bert)
-    for name in before:
-        assert changed(before, after, name) == (name in trainable), name
-
-
-def test_ia3_trains_only_its_vectors_and_head(tiny_bert):
-    spec, model = build(tiny_bert, {"type": "ia3"})
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert any("ia3_l" in n for n in trainable)
-    assert all("ia3_l" in n or "classifier" in n for n in trainable)
-    before, after = train_steps(model, spec, tiny_bert)
-    for name in before:
-        assert changed(before, after, name) == (name in trainable), name
 
 
 @pytest.mark.parametrize(
