@@ -36,7 +36,10 @@ def connect(spec: Any, address: str | None = None, verbose: bool = False) -> Ite
             except Exception as error:
                 raise ClusterError(f"cannot connect to the Ray cluster at {address}: {error}") from None
         else:
-            ray.init(num_cpus=local_cluster_cpus(spec), include_dashboard=False, **settings)
+            # The dashboard (on 127.0.0.1 only) serves Ray's state API, which Ray Train's
+            # placement-group cleaner polls every second; without it every run logs a
+            # warning a second and orphaned placement groups are never cleaned up.
+            ray.init(num_cpus=local_cluster_cpus(spec), include_dashboard=True, **settings)
         started = True
     _quiet_data(verbose)
     try:

@@ -10,7 +10,7 @@ import ray
 def ray_cluster():
     # 4 logical CPUs on a 2-core machine: 2 Train workers + room for Ray Data (see
     # raft.resources for why the data pipeline needs CPUs of its own).
-    ray.init(num_cpus=4, include_dashboard=False, logging_level="WARNING")
+    ray.init(num_cpus=4, include_dashboard=True, logging_level="WARNING")  # as raft.cluster does
     from ray.data import DataContext
 
     DataContext.get_current().enable_progress_bars = False
