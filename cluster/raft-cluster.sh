@@ -62,8 +62,11 @@ cmd_head() {
   need_ray
   ensure_token generate
   # shellcheck disable=SC2046
+  # Idle workers (with torch/transformers already imported) live 10 minutes instead of 1 s,
+  # so the next run or search trial reuses them (see raft/resources.py).
   ray start --head --node-ip-address="$ip" --port="$port" \
     --dashboard-host="$ip" --dashboard-port="$dashboard_port" \
+    --system-config='{"idle_worker_killing_time_threshold_ms": 600000}' \
     $(resources_args "$cpus" "$gpus") --disable-usage-stats
   echo "raft-cluster: head up. Workers join with: cluster/raft-cluster.sh worker $ip:$port"
   echo "raft-cluster: submit jobs with: raft submit jobs/X.yaml --address http://$ip:$dashboard_port"

@@ -15,7 +15,7 @@ import ray
 
 from raft import storage
 from raft.nodes import VERSIONED, NodeReport, storage_problems
-from raft.resources import local_cluster_cpus, resource_problems
+from raft.resources import WORKER_REUSE_SYSTEM_CONFIG, local_cluster_cpus, resource_problems
 
 
 class ClusterError(RuntimeError):
@@ -39,7 +39,12 @@ def connect(spec: Any, address: str | None = None, verbose: bool = False) -> Ite
             # The dashboard (on 127.0.0.1 only) serves Ray's state API, which Ray Train's
             # placement-group cleaner polls every second; without it every run logs a
             # warning a second and orphaned placement groups are never cleaned up.
-            ray.init(num_cpus=local_cluster_cpus(spec), include_dashboard=True, **settings)
+            ray.init(
+                num_cpus=local_cluster_cpus(spec),
+                include_dashboard=True,
+                _system_config=WORKER_REUSE_SYSTEM_CONFIG,
+                **settings,
+            )
         started = True
     _quiet_data(verbose)
     try:

@@ -5,12 +5,19 @@ from __future__ import annotations
 import pytest
 import ray
 
+from raft.resources import WORKER_REUSE_SYSTEM_CONFIG
+
 
 @pytest.fixture(scope="session", autouse=True)
 def ray_cluster():
     # 4 logical CPUs on a 2-core machine: 2 Train workers + room for Ray Data (see
     # raft.resources for why the data pipeline needs CPUs of its own).
-    ray.init(num_cpus=4, include_dashboard=True, logging_level="WARNING")  # as raft.cluster does
+    ray.init(  # as raft.cluster does
+        num_cpus=4,
+        include_dashboard=True,
+        logging_level="WARNING",
+        _system_config=WORKER_REUSE_SYSTEM_CONFIG,
+    )
     from ray.data import DataContext
 
     DataContext.get_current().enable_progress_bars = False
