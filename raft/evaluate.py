@@ -18,6 +18,7 @@ from raft.export import SPEC_FILE
 from raft.labels import LABELS_FILE, LabelMap
 from raft.sources import DataError
 from raft.spec import load_spec
+from raft.tasks.base import EvalContext
 
 
 class EvalError(ValueError):
@@ -68,16 +69,24 @@ def evaluate_model(model_dir: str | Path, data_path: str, batch_size: int = 64) 
         raise DataError(f"--data {data_path!r} has no rows")
     stats, loss_sum = task.empty_stats(labels), 0.0
     tokenizer_path = str(model_dir)
+    context = EvalContext(model=model, spec=spec.task, model_path=tokenizer_path)
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
         batch = {key: np.asarray(value, dtype=object) for key, value in chunk.items()}
+        for index in range(len(chunk[next(iter(chunk))])):
+            problem = task.row_problem(
+                {key: values[index] for key, values in chunk.items()}, spec.task, tokenizer_path
+            )
+            if problem:
+                raise DataError(f"--data {data_path!r}, row {start + index + 1}: {problem}")
         try:
             features = task.preprocess(batch, spec.task, tokenizer_path, labels)
         except ValueError as error:
-            raise DataError(f"--data {data_path!r}, rows {start}-{start + batch_size}: {error}") from None
+            raise DataError(f"--data {data_path!r}, rows {start + 1}-{start + batch_size}: {error}") from None
         tensors = task.collate(features)
         outputs = model(**tensors)
         loss_sum += float(outputs.loss) * len(chunk[next(iter(chunk))])
-        stats = stats + task.eval_stats(outputs, tensors, labels)
+        stats = stats + task.eval_stats(outputs, tensors, labels, context)
     metrics = {f"val_{k}": v for k, v in task.metrics(stats, labels).items()}
-    return {"rows": len(rows), **metrics, "val_loss": loss_sum / len(rows)}
+    metrics.setdefault("val_loss", loss_sum / len(rows))
+    return {"rows": len(rows), **metrics}

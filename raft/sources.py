@@ -18,7 +18,10 @@ EXTENSIONS = {
     "jsonl": (".jsonl", ".json", ".jsonl.gz", ".json.gz"),
     "csv": (".csv", ".csv.gz", ".tsv"),
     "parquet": (".parquet", ".pq"),
+    "conll": (".conll", ".iob", ".bio"),
 }
+# CoNLL files become rows with these two list columns (one sentence a row).
+CONLL_COLUMNS = ["tokens", "tags"]
 
 
 class DataError(ValueError):
@@ -30,7 +33,7 @@ class Source:
     """A resolved data location: its format and the files it holds."""
 
     uri: str
-    format: str  # jsonl | csv | parquet | hf
+    format: str  # jsonl | csv | parquet | conll | hf
     files: tuple[str, ...]
     filesystem: pafs.FileSystem
 
@@ -97,7 +100,7 @@ def _format_of(files: list[str], declared: str, uri: str, role: str) -> str:
         if not match:
             raise DataError(
                 f"{role} {uri!r}: cannot tell the format of {os.path.basename(name)!r}; "
-                "use .jsonl, .csv or .parquet, or set data.format"
+                "use .jsonl, .csv, .parquet or .conll, or set data.format"
             )
         found.add(match[0])
     if len(found) > 1:
@@ -124,6 +127,13 @@ def peek_columns(source: Source, split: str | None = None) -> list[str]:
     text = head.decode("utf-8", errors="replace")
     if not text.strip():
         raise DataError(f"{source.uri}: {os.path.basename(first)!r} is empty (no rows)")
+    if source.format == "conll":
+        complete = text if len(head) < 1 << 20 else text[: text.rfind("\n\n") + 1]
+        try:
+            parse_conll(complete, first)
+        except ValueError as error:
+            raise DataError(str(error)) from None
+        return list(CONLL_COLUMNS)
     if source.format == "csv":
         import csv
 
@@ -175,3 +185,31 @@ def check_columns(source: Source, required: list[str], role: str, split: str | N
             f"{role} {source.uri!r} has no column(s) {missing}; it has {columns}. "
             "Set the task's *_column fields to match."
         )
+
+
+def parse_conll(text: str, name: str = "<conll>") -> list[dict]:
+    """CoNLL-style text → rows {tokens, tags, line}: one token per line with its tag in the
+    last whitespace-separated field (CoNLL-2003's middle POS/chunk fields are ignored),
+    sentences separated by blank lines, ``-DOCSTART-`` lines skipped. ``line`` is the
+    sentence's first line number, for error messages."""
+    rows: list[dict] = []
+    tokens: list[str] = []
+    tags: list[str] = []
+    start = 0
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("-DOCSTART-"):
+            if tokens:
+                rows.append({"tokens": tokens, "tags": tags, "line": start})
+            tokens, tags = [], []
+            continue
+        fields = line.split()
+        if len(fields) < 2:
+            raise ValueError(f"{name}, line {number}: expected a token and a tag, got {line!r:.60}")
+        if not tokens:
+            start = number
+        tokens.append(fields[0])
+        tags.append(fields[-1])
+    if tokens:
+        rows.append({"tokens": tokens, "tags": tags, "line": start})
+    return rows

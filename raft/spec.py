@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import (
+    BaseModel,
     Field,
     NonNegativeFloat,
     NonNegativeInt,
@@ -66,7 +67,7 @@ class DataSection(SectionModel):
         description="Fraction of the training data held out for validation when no "
         "validation file is given (default 0.1), chosen with train.seed.",
     )
-    format: Literal["auto", "jsonl", "csv", "parquet", "hf"] = Field(
+    format: Literal["auto", "jsonl", "csv", "parquet", "conll", "hf"] = Field(
         "auto", description="File format; auto decides from the file extension or folder."
     )
     train_split: str = Field("train", description="Split to train on in a saved DatasetDict.")
@@ -75,6 +76,11 @@ class DataSection(SectionModel):
     )
     cpus_per_task: PositiveFloat = Field(
         1.0, description="Logical CPUs each Ray Data preprocessing task reserves."
+    )
+    bad_rows: Literal["error", "skip"] = Field(
+        "error",
+        description="A row the task cannot use (no assistant turn, token/tag count mismatch, "
+        "empty target...): stop before training with its file and row, or skip and count it.",
     )
 
     @model_validator(mode="after")
@@ -351,14 +357,23 @@ def reference_markdown() -> str:
     for name, technique in registry.techniques().items():
         sections[f"technique (type: {name})"] = technique
     lines = []
-    for title, model in sections.items():
+    pending = list(sections.items())
+    seen_nested: set[type] = set()
+    while pending:
+        title, model = pending.pop(0)
         lines += [f"**`{title}`**", "", "| key | default | meaning |", "|---|---|---|"]
         for key, info in model.model_fields.items():
             if key == "type":
                 continue
             default = "required" if info.is_required() else info.get_default(call_default_factory=True)
-            default = "required" if default == "required" else f"`{json_default(default)}`"
-            lines.append(f"| `{key}` | {default} | {info.description or ''} |")
+            if isinstance(default, BaseModel):  # a nested section: its own table, once
+                if type(default) not in seen_nested:
+                    seen_nested.add(type(default))
+                    pending.append((f"task.{key}", type(default)))
+                shown = f"see `task.{key}`"
+            else:
+                shown = "required" if default == "required" else f"`{json_default(default)}`"
+            lines.append(f"| `{key}` | {shown} | {info.description or ''} |")
         lines.append("")
     return "\n".join(lines)
 

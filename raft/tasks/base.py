@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -14,6 +15,16 @@ import torch
 
 from raft.labels import LabelMap
 from raft.registry import TaskSpec
+
+
+@dataclass
+class EvalContext:
+    """What a family may need beyond the forward pass to score a batch (seq2seq generates)."""
+
+    model: Any  # the transformers/peft model (unwrapped from DeepSpeed and DDP)
+    spec: Any  # the task section of the spec
+    model_path: str  # where the tokenizer is
+    synced: bool = False  # every worker generates in lockstep (ZeRO-3 with several workers)
 
 
 class Task(ABC):
@@ -43,6 +54,20 @@ class Task(ABC):
 
     def label_column(self, spec: Any) -> str | None:
         """The column holding class labels, when the family has a label set to learn."""
+        return None
+
+    def row_problem(self, row: dict[str, Any], spec: Any, model_path: str) -> str | None:
+        """What is wrong with one input row, or None. Checked for every row before training
+        (the error names the file and row), and used to skip rows when the spec says so."""
+        return None
+
+    def changes_row_count(self, spec: Any) -> bool:
+        """True when preprocessing turns N rows into another number of examples (packing);
+        the example count is then taken after preprocessing."""
+        return False
+
+    def check_model(self, spec: Any, model_path: str) -> None:
+        """Refuse a model folder this family cannot use (ValueError), before any Ray work."""
         return None
 
     @abstractmethod
@@ -105,12 +130,29 @@ class Task(ABC):
         """Zero statistics (what a worker with no validation rows contributes)."""
 
     @abstractmethod
-    def eval_stats(self, outputs: Any, batch: dict[str, torch.Tensor], labels: LabelMap | None) -> np.ndarray:
-        """Sufficient statistics of one batch; summed over batches and workers."""
+    def eval_stats(
+        self,
+        outputs: Any,
+        batch: dict[str, torch.Tensor],
+        labels: LabelMap | None,
+        context: EvalContext | None = None,
+    ) -> np.ndarray:
+        """Sufficient statistics of one batch; summed over batches and workers (int64
+        arrays are counts; float64 arrays are sums)."""
 
     @abstractmethod
     def metrics(self, stats: np.ndarray, labels: LabelMap | None) -> dict[str, float]:
-        """Metrics from summed statistics."""
+        """Metrics from summed statistics. A ``loss`` entry replaces the row-weighted mean
+        of the batch losses (generative families weight by token instead)."""
+
+    def sample_generations(self, rows: list[dict[str, Any]], context: EvalContext) -> list[dict[str, str]]:
+        """For generative families: {prompt, output, reference} for a few validation rows,
+        logged at each evaluation. Every worker calls it (ZeRO-3 generation is collective)."""
+        return []
+
+    def generation_config(self, spec: Any, model_path: str) -> Any:
+        """The ``GenerationConfig`` the export carries, for generative families."""
+        return None
 
     # -- tests --------------------------------------------------------------------
     @abstractmethod

@@ -48,6 +48,14 @@ class SequenceClassification(Task):
     def label_column(self, spec: SequenceClassificationSpec) -> str:
         return spec.label_column
 
+    def row_problem(
+        self, row: dict[str, Any], spec: SequenceClassificationSpec, model_path: str
+    ) -> str | None:
+        for column in self.required_columns(spec):
+            if _is_missing(row.get(column)):
+                return f"column {column!r} is empty"
+        return None
+
     def preprocess(
         self,
         batch: dict[str, np.ndarray],
@@ -88,7 +96,9 @@ class SequenceClassification(Task):
     def empty_stats(self, labels: LabelMap | None) -> np.ndarray:
         return np.zeros((labels.num_labels, labels.num_labels), dtype=np.int64)
 
-    def eval_stats(self, outputs: Any, batch: dict[str, torch.Tensor], labels: LabelMap | None) -> np.ndarray:
+    def eval_stats(
+        self, outputs: Any, batch: dict[str, torch.Tensor], labels: LabelMap | None, context: Any = None
+    ) -> np.ndarray:
         predictions = outputs.logits.argmax(dim=-1).cpu().numpy()
         return confusion_matrix(batch["labels"].cpu().numpy(), predictions, labels.num_labels)
 
@@ -110,10 +120,14 @@ class SequenceClassification(Task):
         return BertConfig(**settings)
 
 
+def _is_missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value))
+
+
 def _texts(column: np.ndarray, name: str) -> list[str]:
     texts = []
     for value in column:
-        if value is None or (isinstance(value, float) and np.isnan(value)):
+        if _is_missing(value):
             raise ValueError(f"column {name!r} has an empty value")
         texts.append(str(value))
     return texts

@@ -56,6 +56,20 @@ class TokenClassification(Task):
     def label_column(self, spec: TokenClassificationSpec) -> str:
         return spec.tags_column
 
+    def row_problem(self, row: dict[str, Any], spec: TokenClassificationSpec, model_path: str) -> str | None:
+        tokens, tags = row.get(spec.tokens_column), row.get(spec.tags_column)
+        for column, value in ((spec.tokens_column, tokens), (spec.tags_column, tags)):
+            if not _is_list(value):
+                return f"column {column!r} must hold a list, got {value!r:.60}"
+        if len(tokens) == 0:
+            return f"column {spec.tokens_column!r} is an empty list"
+        if len(tokens) != len(tags):
+            return (
+                f"{len(tokens)} tokens in {spec.tokens_column!r} but {len(tags)} tags in "
+                f"{spec.tags_column!r}: {[str(t) for t in tokens][:8]}"
+            )
+        return None
+
     def preprocess(
         self,
         batch: dict[str, np.ndarray],
@@ -103,7 +117,9 @@ class TokenClassification(Task):
     def empty_stats(self, labels: LabelMap | None) -> np.ndarray:
         return np.zeros((len(entity_types(labels.names)) + 1, 3), dtype=np.int64)
 
-    def eval_stats(self, outputs: Any, batch: dict[str, torch.Tensor], labels: LabelMap | None) -> np.ndarray:
+    def eval_stats(
+        self, outputs: Any, batch: dict[str, torch.Tensor], labels: LabelMap | None, context: Any = None
+    ) -> np.ndarray:
         predictions = outputs.logits.argmax(dim=-1).cpu().numpy()
         gold = batch["labels"].cpu().numpy()
         return entity_stats(gold, predictions, labels.names)
@@ -175,8 +191,12 @@ def entity_metrics(stats: np.ndarray) -> dict[str, float]:
     }
 
 
+def _is_list(value: Any) -> bool:
+    return value is not None and not isinstance(value, (str, bytes, dict)) and hasattr(value, "__len__")
+
+
 def _strings(value: Any, column: str, row: int) -> list[str]:
-    if value is None or isinstance(value, (str, bytes)) or not hasattr(value, "__len__"):
+    if not _is_list(value):
         raise ValueError(f"row {row} of the batch: column {column!r} must hold a list, got {value!r:.60}")
     return [str(v) for v in value]
 

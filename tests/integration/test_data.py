@@ -84,3 +84,93 @@ def test_malformed_row_past_the_first_lines_names_the_file(tiny_bert, tmp_path):
     path.write_text(good + '{"text": "cut off\n')
     with pytest.raises(DataError, match="broken.jsonl"):
         prepare(spec_for(tiny_bert, tmp_path, {"train": str(path), "validation_fraction": 0.2}))
+
+
+# -- every row is checked before training: the error names the file and the row ----------
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory):
+    from raft.testing import make_tiny_generative_model
+
+    return make_tiny_generative_model(tmp_path_factory.mktemp("llama"), "causal_lm")
+
+
+def chat_spec(model, train, tmp_path, **data):
+    return validate(
+        {
+            "model": {"path": str(model)},
+            "task": {"type": "causal_lm", "format": "chat", "max_length": 48},
+            "data": {"train": str(train), "validation_fraction": 0.2, **data},
+            "output": {"dir": str(tmp_path / "runs")},
+        }
+    )
+
+
+def chat_rows_with_a_bad_one(tmp_path, bad_line: int, bad_row: dict):
+    from raft.testing import toy_sft_rows
+
+    rows = toy_sft_rows(80, seed=3, chat=True)
+    rows.insert(bad_line - 1, bad_row)
+    return write_jsonl(rows, tmp_path / "chat.jsonl")
+
+
+def test_a_conversation_without_an_assistant_turn_is_named_by_file_and_line(tiny_llama, tmp_path):
+    path = chat_rows_with_a_bad_one(tmp_path, 37, {"messages": [{"role": "user", "content": "hi"}]})
+    with pytest.raises(DataError, match=r"chat.jsonl, line 37: the conversation has no assistant turn"):
+        prepare(chat_spec(tiny_llama, path, tmp_path))
+
+
+def test_an_unknown_chat_role_is_named_and_skip_mode_drops_and_counts_it(tiny_llama, tmp_path):
+    bad = {"messages": [{"role": "narrator", "content": "x"}, {"role": "assistant", "content": "y"}]}
+    path = chat_rows_with_a_bad_one(tmp_path, 5, bad)
+    with pytest.raises(DataError, match=r"chat.jsonl, line 5: turn 1 has role 'narrator'"):
+        prepare(chat_spec(tiny_llama, path, tmp_path))
+    prepared = prepare(chat_spec(tiny_llama, path, tmp_path, bad_rows="skip"))
+    assert prepared.skipped == {"data.train": 1}
+    assert prepared.train_rows + prepared.validation_rows == 80
+    assert len(prepared.samples) == 3  # validation rows for the logged generations
+
+
+def test_token_tag_count_mismatch_is_named_by_line(tiny_bert, tmp_path):
+    from raft.testing import toy_ner_rows
+
+    rows = toy_ner_rows(50, seed=2)
+    rows[20]["tags"] = rows[20]["tags"][:-1]
+    path = write_jsonl(rows, tmp_path / "ner.jsonl")
+    document = base_spec(tiny_bert, {"train": str(path), "validation": str(path)}, tmp_path)
+    document["task"] = {"type": "token_classification"}
+    with pytest.raises(DataError, match=r"ner.jsonl, line 21: \d+ tokens in 'tokens' but \d+ tags"):
+        prepare(validate(document))
+
+
+def test_seq2seq_row_with_an_empty_target_is_named_by_csv_row(tiny_llama, tmp_path):
+    path = tmp_path / "pairs.csv"
+    path.write_text("source,target\n" + "good movie,bon filmo\n" * 9 + "bad film,\n")
+    spec = validate(
+        {
+            "model": {"path": str(tiny_llama)},
+            "task": {"type": "seq2seq"},
+            "data": {"train": str(path), "validation": str(path)},
+        }
+    )
+    with pytest.raises(DataError, match=r"pairs.csv, row 10: column 'target' is blank"):
+        prepare(spec)
+
+
+def test_conll_files_are_read_as_sentences(tiny_bert, tmp_path):
+    text = "-DOCSTART- O\n\n" + "".join(
+        f"{'good' if i % 2 else 'bad'} B-{'POS' if i % 2 else 'NEG'}\nmovie O\n\n" for i in range(30)
+    )
+    (tmp_path / "train.conll").write_text(text)
+    (tmp_path / "broken.conll").write_text("good B-POS\nmovie\n")
+    document = base_spec(
+        tiny_bert,
+        {"train": str(tmp_path / "train.conll"), "validation": str(tmp_path / "train.conll")},
+        tmp_path,
+    )
+    document["task"] = {"type": "token_classification", "max_length": 8}
+    prepared = prepare(validate(document))
+    assert (prepared.train_rows, prepared.validation_rows) == (30, 30)
+    assert prepared.labels.names == ("B-NEG", "B-POS", "O")
+    document["data"]["train"] = str(tmp_path / "broken.conll")
+    with pytest.raises(DataError, match=r"broken.conll, line 2: expected a token and a tag"):
+        prepare(validate(document))

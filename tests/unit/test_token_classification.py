@@ -95,3 +95,25 @@ def test_model_gets_a_head_per_tag(tiny_bert):
     assert model.config.num_labels == 4 and model.config.id2label[1] == "B-PER"
     out = model(input_ids=torch.tensor([[2, 7, 3]]), attention_mask=torch.ones(1, 3, dtype=torch.long))
     assert out.logits.shape == (1, 3, 4)
+
+
+def test_row_problem_names_a_token_tag_count_mismatch():
+    from raft.tasks.token_classification import TokenClassification, TokenClassificationSpec
+
+    task, spec = TokenClassification(), TokenClassificationSpec()
+    assert task.row_problem({"tokens": ["a", "b"], "tags": ["O", "O"]}, spec, "") is None
+    problem = task.row_problem({"tokens": ["a", "b", "c"], "tags": ["O"]}, spec, "")
+    assert "3 tokens in 'tokens' but 1 tags in 'tags'" in problem
+    assert "must hold a list" in task.row_problem({"tokens": "a b", "tags": ["O"]}, spec, "")
+
+
+def test_conll_text_becomes_sentences_of_tokens_and_last_column_tags():
+    from raft.sources import parse_conll
+
+    text = "-DOCSTART- -X- O O\n\nEU NNP B-NP B-ORG\nrejects VBZ B-VP O\n\n\nPeter NNP B-NP B-PER\n"
+    assert parse_conll(text) == [
+        {"tokens": ["EU", "rejects"], "tags": ["B-ORG", "O"], "line": 3},
+        {"tokens": ["Peter"], "tags": ["B-PER"], "line": 7},
+    ]
+    with pytest.raises(ValueError, match=r"x.conll, line 2: expected a token and a tag"):
+        parse_conll("EU B-ORG\nlonely\n", "x.conll")
