@@ -39,6 +39,9 @@ def export_model(
     from transformers import AutoTokenizer
 
     AutoTokenizer.from_pretrained(spec.model.path).save_pretrained(staging)
+    generation = task.generation_config(spec.task, spec.model.path)
+    if generation is not None:  # the spec's decoding settings, read by generate() and serving
+        generation.save_pretrained(staging)
     if labels is not None:
         labels.save(staging)
     (staging / SPEC_FILE).write_text(dump_spec(spec))

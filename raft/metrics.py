@@ -38,3 +38,45 @@ def classification_metrics(confusion: np.ndarray) -> dict[str, float]:
         "accuracy": float(true_positive.sum() / total),
         "macro_f1": float(f1[present].mean()),
     }
+
+
+# -- generated text: ROUGE-L (rouge-score) and corpus BLEU (sacrebleu) -----------------
+# Statistics vector: [ROUGE-L F1 sum, rows, BLEU matches 1-4, BLEU totals 1-4, hypothesis
+# length, reference length]. BLEU is a corpus statistic, but its n-gram matches, totals
+# and lengths are sums over sentences, so per-worker sums give the exact corpus BLEU.
+TEXT_STATS = 12
+
+
+def text_generation_stats(predictions: list[str], references: list[str]) -> np.ndarray:
+    from rouge_score import rouge_scorer
+    from sacrebleu.metrics import BLEU
+
+    stats = np.zeros(TEXT_STATS, dtype=np.float64)
+    if not predictions:
+        return stats
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    stats[0] = sum(
+        scorer.score(ref, pred)["rougeL"].fmeasure for pred, ref in zip(predictions, references, strict=True)
+    )
+    stats[1] = len(predictions)
+    bleu = BLEU().corpus_score(predictions, [references])
+    stats[2:6] = bleu.counts
+    stats[6:10] = bleu.totals
+    stats[10:12] = (bleu.sys_len, bleu.ref_len)
+    return stats
+
+
+def text_generation_metrics(stats: np.ndarray) -> dict[str, float]:
+    """ROUGE-L F1 (0-1, mean over rows) and corpus BLEU (0-100, sacrebleu's default)."""
+    from sacrebleu.metrics import BLEU
+
+    rows = float(stats[1])
+    if rows == 0:
+        return {"rougeL": 0.0, "bleu": 0.0}
+    bleu = BLEU.compute_bleu(
+        correct=[int(v) for v in stats[2:6]],
+        total=[int(v) for v in stats[6:10]],
+        sys_len=int(stats[10]),
+        ref_len=int(stats[11]),
+    )
+    return {"rougeL": float(stats[0]) / rows, "bleu": float(bleu.score)}

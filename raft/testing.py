@@ -97,3 +97,132 @@ def toy_ner_rows(count: int, seed: int = 0) -> list[dict]:
             tags.insert(at, "B-POS" if kind == "positive" else "B-NEG")
         rows.append({"tokens": tokens, "tags": tags})
     return rows
+
+
+# -- generative families: a byte-level BPE tokenizer trained here, in a second -----------
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] not in ['system', 'user', 'assistant'] %}"
+    "{{ raise_exception('unknown role ' + message['role']) }}{% endif %}"
+    "<|{{ message['role'] }}|>{{ message['content'] }}</s>"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+BYTE_SPECIALS = ["<pad>", "<s>", "</s>", "<unk>", "<|system|>", "<|user|>", "<|assistant|>"]
+
+
+def make_byte_tokenizer(corpus: list[str] | None = None, vocab_size: int = 700):
+    """A byte-level BPE tokenizer (GPT-2/Llama style) trained on ``corpus`` (default: the
+    toy vocabulary), with pad/bos/eos tokens and a small chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    if corpus is None:
+        words = toy_vocabulary()[len(SPECIAL_TOKENS) :] + sorted(CUES) + list(TOY_TRANSLATION.values())
+        words += ["review", "sentiment", "translate", "answer", "in", "one", "word"]
+        corpus = [" ".join(words), *(f" {w}" for w in words), *words]
+    backend = Tokenizer(models.BPE(unk_token=None))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=BYTE_SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(corpus * 20, trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        additional_special_tokens=BYTE_SPECIALS[4:],
+        model_input_names=["input_ids", "attention_mask"],
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def make_tiny_generative_model(
+    directory: str | Path, task_name: str, corpus: list[str] | None = None, **overrides
+) -> Path:
+    """Save a tiny causal LM (Llama) or seq2seq (T5) model and a byte-level tokenizer
+    (its merges learned from ``corpus``, default: the toy vocabulary)."""
+    import torch
+    import transformers
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer = make_byte_tokenizer(corpus)
+    task = registry.get_task(task_name)
+    config = task.tiny_config(
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        **overrides,
+    )
+    torch.manual_seed(0)
+    model = getattr(transformers, task.auto_class).from_config(config)
+    model.save_pretrained(directory, safe_serialization=True)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+# Toy "translation": each word maps to a made-up word; a sentence maps word by word.
+TOY_TRANSLATION = {
+    "good": "bon",
+    "bad": "mal",
+    "movie": "filmo",
+    "film": "filmo",
+    "the": "le",
+    "was": "eta",
+    "very": "tres",
+    "happy": "gai",
+    "sad": "trist",
+    "story": "histo",
+}
+
+
+def toy_translation_rows(count: int, seed: int = 0) -> list[dict]:
+    """Rows {"source", "target"}: a sentence of 2-5 toy words and its word-by-word map."""
+    rng = random.Random(seed)
+    words = sorted(TOY_TRANSLATION)
+    rows = []
+    for _ in range(count):
+        sentence = [rng.choice(words) for _ in range(rng.randint(2, 5))]
+        rows.append({"source": " ".join(sentence), "target": " ".join(TOY_TRANSLATION[w] for w in sentence)})
+    return rows
+
+
+def toy_sft_rows(count: int, seed: int = 0, chat: bool = False) -> list[dict]:
+    """Rows whose answer is the sentiment of a sentence: {"prompt", "completion"}, or a
+    {"messages": [...]} conversation with a system turn when ``chat``."""
+    rows = []
+    for row in toy_sentiment_rows(count, seed=seed):
+        prompt, answer = f"review: {row['text']} sentiment:", f" {row['label']}"
+        if chat:
+            rows.append(
+                {
+                    "messages": [
+                        {"role": "system", "content": "answer in one word"},
+                        {"role": "user", "content": row["text"]},
+                        {"role": "assistant", "content": row["label"]},
+                    ]
+                }
+            )
+        else:
+            rows.append({"prompt": prompt, "completion": answer})
+    return rows
+
+
+def toy_text_rows(count: int, seed: int = 0) -> list[dict]:
+    """Rows {"text"}: toy reviews, each word followed by its toy translation (a pattern a
+    tiny causal LM learns within a few epochs)."""
+    rng = random.Random(seed)
+    words = sorted(TOY_TRANSLATION)
+    return [
+        {"text": " ".join(f"{w} {TOY_TRANSLATION[w]}" for w in rng.choices(words, k=rng.randint(3, 10)))}
+        for _ in range(count)
+    ]

@@ -83,6 +83,10 @@ def preflight(spec: Any) -> Any:
     """Every check that needs no cluster: returns the spec with resolved paths."""
     spec = resolve_paths(spec)
     check_model_path(spec)
+    try:
+        registry.get_task(spec.task.type).check_model(spec.task, spec.model.path)
+    except ValueError as error:
+        raise RunError(f"model.path {spec.model.path!r}: {error}") from None
     data.resolve_sources(spec)
     model_dir = storage.join(run_dir_of(spec), MODEL_DIR)
     if storage.exists(model_dir):
@@ -110,9 +114,12 @@ def fit(spec: Any, address: str | None = None, verbose: bool = False) -> TrainOu
                 f"{spec.scaling.num_workers}"
             )
         storage.write_text(storage.join(run_dir, "spec.yaml"), dump_spec(spec))
+        for role, count in prepared.skipped.items():
+            print(f"[raft] {role}: skipped {count} bad rows (data.bad_rows: skip)", flush=True)
+        unit = "examples" if registry.get_task(spec.task.type).changes_row_count(spec.task) else "rows"
         print(
-            f"[raft] run {spec.run_name}: {prepared.train_rows} training rows, "
-            f"{prepared.validation_rows} validation rows"
+            f"[raft] run {spec.run_name}: {prepared.train_rows} training {unit}, "
+            f"{prepared.validation_rows} validation {unit}"
             + (f", {prepared.labels.num_labels} classes" if prepared.labels else "")
             + f" → {run_dir}",
             flush=True,
@@ -123,6 +130,7 @@ def fit(spec: Any, address: str | None = None, verbose: bool = False) -> TrainOu
                 "spec": spec.model_dump(mode="json"),
                 "labels": list(prepared.labels.names) if prepared.labels else None,
                 "rows_per_worker": rows_per_worker,
+                "samples": prepared.samples,
             },
             scaling_config=ScalingConfig(
                 num_workers=spec.scaling.num_workers,
@@ -163,6 +171,7 @@ def fit(spec: Any, address: str | None = None, verbose: bool = False) -> TrainOu
     summary = _summary(
         spec, prepared.labels, result.return_value or {}, time.perf_counter() - started, model_dir
     )
+    summary["skipped_rows"] = prepared.skipped
     storage.write_text(storage.join(run_dir, "summary.json"), json.dumps(summary, indent=2))
     return TrainOutcome(run_dir, model_dir, summary["history"], summary)
 

@@ -64,6 +64,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
 
     task = registry.get_task(spec.task.type)
     labels = LabelMap(tuple(config["labels"])) if config["labels"] else None
+    samples = config.get("samples") or []  # a few validation rows, for logged generations
     steps = total_steps(config["rows_per_worker"], spec)
     precision = resolve_precision(spec.train.precision, spec.scaling.use_gpu, _bf16_supported())
     ds_config = build_deepspeed_config(spec, precision)
@@ -88,7 +89,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     validation_shard = ray.train.get_dataset_shard("validation")
 
     if not state.history:
-        initial = _evaluate(engine, validation_shard, task, spec, labels, device)
+        initial = _evaluate(engine, validation_shard, task, spec, labels, device, samples)
         initial.update(epoch=0, global_step=0)
         state.history.append(initial)
         log(f"before training: {_format(initial)}")
@@ -99,7 +100,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
         samples_seen += epoch_stats["samples"]
         state.epoch += 1
         state.batches_into_epoch = 0
-        metrics = _evaluate(engine, validation_shard, task, spec, labels, device)
+        metrics = _evaluate(engine, validation_shard, task, spec, labels, device, samples)
         metrics.update(
             epoch=state.epoch,
             global_step=state.global_step,
@@ -365,17 +366,35 @@ def _done(state: TrainState, spec: Any) -> bool:
 
 @torch.no_grad()
 def _evaluate(
-    engine: Any, shard: Any, task: Any, spec: Any, labels: LabelMap | None, device: Any
-) -> dict[str, float]:
-    """Validation loss and the family's metrics over every worker's shard."""
+    engine: Any,
+    shard: Any,
+    task: Any,
+    spec: Any,
+    labels: LabelMap | None,
+    device: Any,
+    samples: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Validation loss and the family's metrics over every worker's shard (and, for
+    generative families, a few generations from validation prompts)."""
+    from raft.tasks.base import EvalContext
+
     engine.eval()
+    context = EvalContext(
+        model=_hf_model(engine),
+        spec=spec.task,
+        model_path=spec.model.path,
+        # ZeRO-3 gathers parameters in every forward pass: all ranks must keep generating
+        # until the slowest is done.
+        synced=engine.zero_optimization_stage() == 3 and dist.is_initialized() and dist.get_world_size() > 1,
+    )
     loss_sum, rows, stats = 0.0, 0, task.empty_stats(labels)
     for batch in _batches(shard, task, spec, device):
         outputs = engine(**batch)
         size = int(batch["input_ids"].shape[0])
         loss_sum += float(outputs.loss) * size
         rows += size
-        stats = stats + task.eval_stats(outputs, batch, labels)
+        stats = stats + task.eval_stats(outputs, batch, labels, context)
+    generations = task.sample_generations(samples or [], context)
     engine.train()
     # One all-reduce of [loss_sum, rows, stats...]: sums over workers are exact.
     packed = torch.tensor(
@@ -385,10 +404,15 @@ def _evaluate(
         dist.all_reduce(packed)
     packed = packed.cpu().numpy()
     total_rows = int(packed[1])
-    metrics = task.metrics(packed[2:].reshape(stats.shape).round().astype(np.int64), labels)
-    metrics = {f"val_{key}": value for key, value in metrics.items()}
-    metrics["val_loss"] = float(packed[0] / total_rows) if total_rows else float("nan")
+    summed = packed[2:].reshape(stats.shape)
+    if np.issubdtype(stats.dtype, np.integer):
+        summed = summed.round().astype(stats.dtype)
+    metrics: dict[str, Any] = {f"val_{key}": value for key, value in task.metrics(summed, labels).items()}
+    if "val_loss" not in metrics:  # families that weight the loss by token report their own
+        metrics["val_loss"] = float(packed[0] / total_rows) if total_rows else float("nan")
     metrics["val_rows"] = total_rows
+    if generations:
+        metrics["generations"] = generations
     return metrics
 
 
@@ -407,11 +431,14 @@ class _Logger:
 
 
 def _format(metrics: dict[str, Any]) -> str:
-    return " ".join(
+    line = " ".join(
         f"{key} {value:.4f}" if isinstance(value, float) else f"{key} {value}"
         for key, value in metrics.items()
-        if key not in ("epoch", "global_step")
+        if key not in ("epoch", "global_step", "generations")
     )
+    for sample in metrics.get("generations", []):
+        line += f"\n    {sample['prompt'][-60:]!r} → {sample['output'][:80]!r} (reference {sample['reference'][:40]!r})"
+    return line
 
 
 def _scalars(metrics: dict[str, Any]) -> dict[str, Any]:

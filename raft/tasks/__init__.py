@@ -1,3 +1,8 @@
 """Task families. Each module registers itself; importing this package loads them all."""
 
-from raft.tasks import sequence_classification, token_classification  # noqa: F401
+from raft.tasks import (  # noqa: F401
+    causal_lm,
+    seq2seq,
+    sequence_classification,
+    token_classification,
+)

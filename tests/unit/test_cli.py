@@ -102,3 +102,5 @@ def test_list_prints_the_matrix():
     assert by_family["sequence_classification"].count("yes") == len(techniques)
     ner = by_family["token_classification"]
     assert ner.count("yes") == len(techniques) - 1 and "no (peft's prompt tuning prepends" in ner
+    for generative in ("causal_lm", "seq2seq"):
+        assert by_family[generative].count("yes") == len(techniques), by_family[generative]

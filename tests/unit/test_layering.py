@@ -20,6 +20,7 @@ PURE = [
     "raft.storage",
     "raft.nodes",
     "raft.submission",
+    "raft.generation",
 ]
 
 

@@ -1,0 +1,423 @@
+"""Decoder-only language models (GPT, Llama, Qwen, Mistral): continued pre-training,
+supervised fine-tuning on prompt/completion pairs, and chat.
+
+Three input formats (``task.format``):
+
+- ``text``: raw documents. Each is tokenized and ended with EOS; documents are then
+  concatenated and cut into blocks of ``max_length`` tokens (packing: no padding, every
+  token trains). The last partial block of each preprocessing batch is dropped.
+- ``prompt_completion``: the loss covers the completion (and its EOS) only; prompt tokens
+  get label -100. A row longer than ``max_length`` loses prompt tokens from the left first,
+  so every row keeps something to learn.
+- ``chat``: a list of ``{role, content}`` turns rendered by the tokenizer's chat template
+  (or ``chat_template`` from the spec). The loss covers the assistant turns only: each
+  assistant span is found by rendering the conversation up to that turn with and without
+  the generation prompt, so it is exactly the text the model must produce at inference
+  (including the template's end-of-turn marker), whatever the template.
+
+Metrics: token-weighted loss and perplexity, next-token accuracy; a few greedy
+generations from validation prompts are logged at each evaluation.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import Field, PositiveInt, field_validator, model_validator
+
+from raft.generation import GenerationSpec, generate, generation_config, left_pad
+from raft.labels import LabelMap
+from raft.registry import TaskSpec, register_task
+from raft.tasks.base import EvalContext, Task, load_tokenizer
+from raft.tasks.sequence_classification import trim_padding
+
+IGNORE = -100
+DEFAULT_ROLES = ["system", "user", "assistant", "tool"]
+
+
+class CausalLmSpec(TaskSpec):
+    type: Literal["causal_lm"] = "causal_lm"
+    format: Literal["text", "prompt_completion", "chat"] = Field(
+        "text",
+        description="text: raw documents, packed (continued pre-training); prompt_completion: "
+        "loss on the completion only; chat: a messages column, loss on assistant turns only.",
+    )
+    text_column: str = Field("text", description="Column of documents (format: text).")
+    prompt_column: str = Field("prompt", description="Column of prompts (format: prompt_completion).")
+    completion_column: str = Field(
+        "completion", description="Column of completions (format: prompt_completion)."
+    )
+    messages_column: str = Field(
+        "messages", description="Column of conversations: lists of {role, content} (format: chat)."
+    )
+    max_length: PositiveInt = Field(
+        512, description="Tokens per example: the block size when packing, else the cut-off."
+    )
+    pack: bool = Field(
+        True, description="Pack documents into full blocks (format: text); false pads each one."
+    )
+    chat_template: str | None = Field(
+        None, description="Jinja chat template; default: the tokenizer's own (format: chat)."
+    )
+    roles: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_ROLES),
+        min_length=1,
+        description="Chat roles a conversation may use; any other is a bad row.",
+    )
+    generation: GenerationSpec = Field(
+        default_factory=GenerationSpec, description="Decoding for logged samples and serving."
+    )
+
+    @field_validator("chat_template")
+    @classmethod
+    def _template_compiles(cls, template: str | None) -> str | None:
+        if template is not None:
+            import jinja2
+
+            try:
+                jinja2.Environment().parse(template)
+            except jinja2.TemplateSyntaxError as error:
+                raise ValueError(f"chat_template is not valid Jinja: {error}") from None
+        return template
+
+    @model_validator(mode="after")
+    def _format_fields(self) -> CausalLmSpec:
+        if "assistant" not in self.roles:
+            raise ValueError("roles must include 'assistant' (its turns are what trains)")
+        if self.format != "chat" and self.chat_template is not None:
+            raise ValueError("chat_template is for format: chat")
+        return self
+
+
+class CausalLm(Task):
+    name = "causal_lm"
+    spec_class = CausalLmSpec
+    auto_class = "AutoModelForCausalLM"
+    peft_task_type = "CAUSAL_LM"
+    primary_metric = "perplexity"
+    primary_mode = "min"
+
+    def required_columns(self, spec: CausalLmSpec) -> list[str]:
+        return {
+            "text": [spec.text_column],
+            "prompt_completion": [spec.prompt_column, spec.completion_column],
+            "chat": [spec.messages_column],
+        }[spec.format]
+
+    def packs(self, spec: CausalLmSpec) -> bool:
+        return spec.format == "text" and spec.pack
+
+    def changes_row_count(self, spec: CausalLmSpec) -> bool:
+        return self.packs(spec)
+
+    def check_model(self, spec: CausalLmSpec, model_path: str) -> None:
+        tokenizer = load_tokenizer(model_path)
+        if tokenizer.eos_token_id is None:
+            raise ValueError(
+                f"the tokenizer in {model_path} has no EOS token; set one in its tokenizer_config"
+            )
+        if spec.format == "chat" and spec.chat_template is None and not tokenizer.chat_template:
+            raise ValueError(
+                f"format: chat, but the tokenizer in {model_path} has no chat template; "
+                "set task.chat_template"
+            )
+
+    # -- rows -----------------------------------------------------------------------
+    def row_problem(self, row: dict[str, Any], spec: CausalLmSpec, model_path: str) -> str | None:
+        if spec.format == "text":
+            return _text_problem(row.get(spec.text_column), spec.text_column)
+        if spec.format == "prompt_completion":
+            return _text_problem(row.get(spec.prompt_column), spec.prompt_column) or _text_problem(
+                row.get(spec.completion_column), spec.completion_column
+            )
+        problem = conversation_problem(row.get(spec.messages_column), spec.roles)
+        if problem is None:
+            try:
+                chat_segments(
+                    load_tokenizer(model_path), _turns(row[spec.messages_column]), spec.chat_template
+                )
+            except Exception as error:  # the template's own raise_exception, or inconsistency
+                return f"the chat template cannot render this conversation: {error}"
+        return problem
+
+    def preprocess(
+        self, batch: dict[str, np.ndarray], spec: CausalLmSpec, model_path: str, labels: LabelMap | None
+    ) -> dict[str, np.ndarray]:
+        tokenizer = load_tokenizer(model_path)
+        pad = _pad_id(tokenizer)
+        if spec.format == "text":
+            documents = [_document_ids(tokenizer, str(t)) for t in batch[spec.text_column]]
+            if spec.pack:
+                return pack_blocks(documents, spec.max_length)
+            examples = [
+                (ids[: spec.max_length], [True] * min(len(ids), spec.max_length)) for ids in documents
+            ]
+        elif spec.format == "prompt_completion":
+            examples = [
+                prompt_completion_example(tokenizer, str(p), str(c), spec.max_length)
+                for p, c in zip(batch[spec.prompt_column], batch[spec.completion_column], strict=True)
+            ]
+        else:
+            examples = []
+            for messages in batch[spec.messages_column]:
+                segments = chat_segments(tokenizer, _turns(messages), spec.chat_template)
+                examples.append(tokenize_segments(tokenizer, segments, spec.max_length))
+        return pad_examples(examples, spec.max_length, pad)
+
+    def collate(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        return trim_padding({key: torch.from_numpy(np.array(value)) for key, value in batch.items()})
+
+    # -- model ----------------------------------------------------------------------
+    def build_model(
+        self, model_path: str, spec: CausalLmSpec, labels: LabelMap | None, trust_remote_code: bool = False
+    ) -> torch.nn.Module:
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(
+            model_path, trust_remote_code=trust_remote_code, use_safetensors=True
+        )
+        if model.config.pad_token_id is None:
+            model.config.pad_token_id = _pad_id(load_tokenizer(model_path))
+        return model
+
+    def generation_config(self, spec: CausalLmSpec, model_path: str) -> Any:
+        from transformers import AutoConfig
+
+        return generation_config(
+            spec.generation, load_tokenizer(model_path), AutoConfig.from_pretrained(model_path)
+        )
+
+    # -- evaluation -----------------------------------------------------------------
+    # Statistics: [summed token loss, scored tokens, correctly predicted tokens].
+    def empty_stats(self, labels: LabelMap | None) -> np.ndarray:
+        return np.zeros(3, dtype=np.float64)
+
+    def eval_stats(
+        self,
+        outputs: Any,
+        batch: dict[str, torch.Tensor],
+        labels: LabelMap | None,
+        context: EvalContext | None = None,
+    ) -> np.ndarray:
+        return token_stats(outputs.logits, batch["labels"])
+
+    def metrics(self, stats: np.ndarray, labels: LabelMap | None) -> dict[str, float]:
+        loss_sum, tokens, correct = (float(v) for v in stats)
+        loss = loss_sum / tokens if tokens else float("nan")
+        return {
+            "loss": loss,
+            "perplexity": math.exp(min(loss, 50.0)) if tokens else float("nan"),
+            "token_accuracy": correct / tokens if tokens else 0.0,
+            "tokens": tokens,
+        }
+
+    def sample_generations(self, rows: list[dict[str, Any]], context: EvalContext) -> list[dict[str, str]]:
+        spec: CausalLmSpec = context.spec
+        if not rows or spec.generation.logged_samples == 0:
+            return []
+        tokenizer = load_tokenizer(context.model_path)
+        prompts = [generation_prompt(tokenizer, row, spec) for row in rows[: spec.generation.logged_samples]]
+        input_ids, attention_mask = left_pad([ids for ids, _ in prompts], _pad_id(tokenizer))
+        outputs = generate(
+            context.model,
+            tokenizer,
+            spec.generation,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            decoder_only=True,
+            synced=context.synced,
+        )
+        return [
+            {"prompt": tokenizer.decode(ids, skip_special_tokens=False), "output": out, "reference": ref}
+            for (ids, ref), out in zip(prompts, outputs, strict=True)
+        ]
+
+    def tiny_config(self, **overrides: Any) -> Any:
+        from transformers import LlamaConfig
+
+        settings = dict(
+            vocab_size=512,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+        )
+        settings.update(overrides)
+        return LlamaConfig(**settings)
+
+
+# -- pure preprocessing (unit-tested) -------------------------------------------------
+def _pad_id(tokenizer: Any) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def _document_ids(tokenizer: Any, text: str) -> list[int]:
+    ids = list(tokenizer(text)["input_ids"])  # with the tokenizer's own BOS, if it adds one
+    if not ids or ids[-1] != tokenizer.eos_token_id:
+        ids.append(tokenizer.eos_token_id)
+    return ids
+
+
+def pack_blocks(documents: list[list[int]], block: int) -> dict[str, np.ndarray]:
+    """Concatenate token lists and cut them into full blocks of ``block`` tokens; the
+    remainder shorter than a block is dropped. Labels equal the inputs (the model shifts)."""
+    stream = np.fromiter((t for ids in documents for t in ids), dtype=np.int64)
+    count = len(stream) // block
+    ids = stream[: count * block].reshape(count, block)
+    return {"input_ids": ids, "attention_mask": np.ones_like(ids), "labels": ids.copy()}
+
+
+def prompt_completion_example(
+    tokenizer: Any, prompt: str, completion: str, max_length: int
+) -> tuple[list[int], list[bool]]:
+    """(token ids, trains-on-token) for one pair: prompt tokens masked, completion + EOS
+    trained; over-long rows drop prompt tokens from the left, then cut the completion."""
+    prompt_ids = list(tokenizer(prompt)["input_ids"])
+    completion_ids = list(tokenizer(completion, add_special_tokens=False)["input_ids"])
+    completion_ids.append(tokenizer.eos_token_id)
+    completion_ids = completion_ids[:max_length]
+    room = max_length - len(completion_ids)
+    prompt_ids = prompt_ids[max(0, len(prompt_ids) - room) :] if room > 0 else []
+    return prompt_ids + completion_ids, [False] * len(prompt_ids) + [True] * len(completion_ids)
+
+
+def _render(tokenizer: Any, messages: list[dict], template: str | None, generation_prompt: bool) -> str:
+    return tokenizer.apply_chat_template(
+        messages, chat_template=template, tokenize=False, add_generation_prompt=generation_prompt
+    )
+
+
+def chat_segments(
+    tokenizer: Any, messages: list[dict[str, str]], template: str | None = None
+) -> list[tuple[str, bool]]:
+    """The rendered conversation as (text, is_assistant) pieces, in order.
+
+    For each assistant turn i: ``render(turns[:i], generation prompt)`` is what the model
+    is given at inference; ``render(turns[:i+1])`` extends it by exactly the text the model
+    must produce. Templates that do not render prefix-consistently are refused."""
+    segments: list[tuple[str, bool]] = []
+    done = ""
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        try:
+            prompt = _render(tokenizer, messages[:i], template, True)
+        except Exception:
+            if i:
+                raise
+            prompt = ""  # a conversation opening with the assistant, and a template that needs a turn
+        full = _render(tokenizer, messages[: i + 1], template, False)
+        if not prompt.startswith(done) or not full.startswith(prompt):
+            raise ValueError(
+                "the chat template does not render this conversation prefix-consistently (the "
+                "text up to an assistant turn changes when the turn is added), so raft cannot "
+                "find the assistant tokens; set task.chat_template to one that does"
+            )
+        if len(prompt) > len(done):
+            segments.append((prompt[len(done) :], False))
+        segments.append((full[len(prompt) :], True))
+        done = full
+    rest = _render(tokenizer, messages, template, False)
+    if not rest.startswith(done):
+        raise ValueError("the chat template does not render this conversation prefix-consistently")
+    if len(rest) > len(done):
+        segments.append((rest[len(done) :], False))
+    return segments
+
+
+def tokenize_segments(
+    tokenizer: Any, segments: list[tuple[str, bool]], max_length: int
+) -> tuple[list[int], list[bool]]:
+    """Token ids and the trains-on-token mask of rendered chat pieces, cut at max_length."""
+    ids: list[int] = []
+    trains: list[bool] = []
+    encoded = tokenizer([text for text, _ in segments], add_special_tokens=False)["input_ids"]
+    for (_, is_assistant), piece in zip(segments, encoded, strict=True):
+        ids.extend(piece)
+        trains.extend([is_assistant] * len(piece))
+    return ids[:max_length], trains[:max_length]
+
+
+def pad_examples(
+    examples: list[tuple[list[int], list[bool]]], max_length: int, pad_id: int
+) -> dict[str, np.ndarray]:
+    """Right-pad to max_length: labels are the ids where the mask trains, -100 elsewhere."""
+    ids = np.full((len(examples), max_length), pad_id, dtype=np.int64)
+    mask = np.zeros((len(examples), max_length), dtype=np.int64)
+    labels = np.full((len(examples), max_length), IGNORE, dtype=np.int64)
+    for row, (tokens, trains) in enumerate(examples):
+        n = len(tokens)
+        ids[row, :n] = tokens
+        mask[row, :n] = 1
+        labels[row, :n] = np.where(np.asarray(trains, dtype=bool), tokens, IGNORE)
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def generation_prompt(tokenizer: Any, row: dict[str, Any], spec: CausalLmSpec) -> tuple[list[int], str]:
+    """(prompt token ids, reference text) of a validation row, for the logged samples."""
+    if spec.format == "prompt_completion":
+        return list(tokenizer(str(row[spec.prompt_column]))["input_ids"]), str(row[spec.completion_column])
+    if spec.format == "chat":
+        turns = _turns(row[spec.messages_column])
+        last = max(i for i, t in enumerate(turns) if t["role"] == "assistant")
+        text = _render(tokenizer, turns[:last], spec.chat_template, True)
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"]), turns[last]["content"]
+    ids = _document_ids(tokenizer, str(row[spec.text_column]))[:-1]  # without the EOS
+    half = max(1, min(len(ids) // 2, 32))
+    return ids[:half], tokenizer.decode(ids[half:], skip_special_tokens=True)
+
+
+def token_stats(logits: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
+    """[summed next-token loss, scored tokens, correct argmax tokens] of one batch. Logits
+    may carry extra leading positions (prompt tuning's virtual tokens); the last
+    ``labels.shape[1]`` positions line up with the labels."""
+    logits = logits[:, -labels.shape[1] :, :][:, :-1, :].float()
+    targets = labels[:, 1:].to(logits.device)
+    scored = targets != IGNORE
+    loss = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE, reduction="sum"
+    )
+    correct = ((logits.argmax(-1) == targets) & scored).sum()
+    return np.array([float(loss), float(scored.sum()), float(correct)], dtype=np.float64)
+
+
+def _text_problem(value: Any, column: str) -> str | None:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return f"column {column!r} is empty"
+    if not isinstance(value, str):
+        return f"column {column!r} must hold text, got {type(value).__name__}"
+    if not value.strip():
+        return f"column {column!r} is blank"
+    return None
+
+
+def _turns(messages: Any) -> list[dict[str, str]]:
+    return [{"role": str(m["role"]), "content": str(m["content"])} for m in messages]
+
+
+def conversation_problem(messages: Any, roles: list[str]) -> str | None:
+    """Why a ``messages`` value cannot train, or None."""
+    if messages is None or isinstance(messages, (str, bytes, dict)) or not hasattr(messages, "__len__"):
+        return f"messages must be a list of {{role, content}} turns, got {messages!r:.60}"
+    if len(messages) == 0:
+        return "messages is an empty conversation"
+    has_assistant = False
+    for number, turn in enumerate(messages, start=1):
+        if not isinstance(turn, dict) or "role" not in turn or "content" not in turn:
+            return f"turn {number} is not a {{role, content}} object: {turn!r:.60}"
+        if turn["role"] not in roles:
+            return f"turn {number} has role {turn['role']!r}, which is not one of {roles}"
+        if turn["content"] is None:
+            return f"turn {number} ({turn['role']}) has no content"
+        has_assistant = has_assistant or turn["role"] == "assistant"
+    if not has_assistant:
+        return "the conversation has no assistant turn (nothing to train on)"
+    return None
+
+
+register_task(CausalLm())

@@ -1,0 +1,178 @@
+"""Causal LM preprocessing: packing, loss masks for prompt/completion and chat, bad rows."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from raft.spec import SpecError, validate
+from raft.tasks.causal_lm import (
+    IGNORE,
+    CausalLm,
+    CausalLmSpec,
+    chat_segments,
+    conversation_problem,
+    pack_blocks,
+    token_stats,
+)
+from raft.testing import make_byte_tokenizer, make_tiny_generative_model
+
+TASK = CausalLm()
+CHAT = [
+    {"role": "system", "content": "be brief"},
+    {"role": "user", "content": "the movie was good"},
+    {"role": "assistant", "content": "positive"},
+    {"role": "user", "content": "the film was bad"},
+    {"role": "assistant", "content": "negative"},
+]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return str(make_tiny_generative_model(tmp_path_factory.mktemp("llama"), "causal_lm"))
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return make_byte_tokenizer()
+
+
+def trained_text(tokenizer, features, row=0) -> str:
+    """The text of the tokens the loss covers in ``row``."""
+    labels = features["labels"][row]
+    return tokenizer.decode(labels[labels != IGNORE])
+
+
+def test_packing_fills_every_block_and_drops_only_the_tail():
+    documents = [[1, 2, 3], [4, 5], [6, 7, 8, 9], [10]]
+    packed = pack_blocks(documents, block=4)
+    assert packed["input_ids"].tolist() == [[1, 2, 3, 4], [5, 6, 7, 8]]  # 9, 10 dropped
+    assert packed["attention_mask"].all()
+    assert (packed["labels"] == packed["input_ids"]).all()
+
+
+def test_text_format_packs_documents_ended_with_eos(model_dir, tokenizer):
+    spec = CausalLmSpec(format="text", max_length=8)
+    batch = {"text": np.array(["good movie " * 5, "bad film " * 7], dtype=object)}
+    features = TASK.preprocess(batch, spec, model_dir, None)
+    total = sum(len(tokenizer(t)["input_ids"]) + 1 for t in batch["text"])  # + one EOS each
+    assert features["input_ids"].shape == (total // 8, 8)
+    assert tokenizer.eos_token_id in features["input_ids"]
+    assert (features["labels"] == features["input_ids"]).all()
+    assert TASK.changes_row_count(spec) and not TASK.changes_row_count(CausalLmSpec(format="chat"))
+
+
+def test_prompt_completion_trains_on_the_completion_only(model_dir, tokenizer):
+    spec = CausalLmSpec(format="prompt_completion", max_length=32)
+    batch = {
+        "prompt": np.array(["review: good movie sentiment:"], dtype=object),
+        "completion": np.array([" positive"], dtype=object),
+    }
+    features = TASK.preprocess(batch, spec, model_dir, None)
+    assert trained_text(tokenizer, features) == " positive</s>"
+    length = int(features["attention_mask"][0].sum())
+    assert tokenizer.decode(features["input_ids"][0][:length]) == "review: good movie sentiment: positive</s>"
+    assert (features["labels"][0][length:] == IGNORE).all()  # padding is never trained
+
+
+def test_an_overlong_prompt_is_cut_from_the_left_and_the_completion_survives(model_dir, tokenizer):
+    spec = CausalLmSpec(format="prompt_completion", max_length=6)
+    batch = {
+        "prompt": np.array(["the " * 30], dtype=object),
+        "completion": np.array([" good"], dtype=object),
+    }
+    features = TASK.preprocess(batch, spec, model_dir, None)
+    assert features["input_ids"].shape == (1, 6)
+    assert trained_text(tokenizer, features) == " good</s>"
+
+
+def test_chat_trains_on_assistant_turns_only(model_dir, tokenizer):
+    spec = CausalLmSpec(format="chat", max_length=64)
+    features = TASK.preprocess({"messages": np.array([CHAT], dtype=object)}, spec, model_dir, None)
+    # Exactly the two assistant replies with their end-of-turn marker; no system/user text.
+    assert trained_text(tokenizer, features) == "positive</s>negative</s>"
+    # And the whole input is the template's rendering, token for token.
+    rendered = tokenizer.apply_chat_template(CHAT, tokenize=False)
+    length = int(features["attention_mask"][0].sum())
+    assert tokenizer.decode(features["input_ids"][0][:length]) == rendered
+
+
+def test_the_loss_ignores_prompt_tokens(model_dir, tokenizer):
+    """The model's loss equals the mean next-token loss over assistant tokens alone."""
+    from transformers import AutoModelForCausalLM
+
+    spec = CausalLmSpec(format="chat", max_length=64)
+    features = TASK.preprocess({"messages": np.array([CHAT], dtype=object)}, spec, model_dir, None)
+    batch = TASK.collate(features)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    with torch.no_grad():
+        outputs = model(**batch)
+    loss_sum, tokens, _ = token_stats(outputs.logits, batch["labels"])
+    assert tokens == len(tokenizer("positive</s>negative</s>", add_special_tokens=False)["input_ids"])
+    assert float(outputs.loss) == pytest.approx(loss_sum / tokens, rel=1e-5)
+    # Changing a prompt token changes the inputs but not which positions are scored.
+    altered = dict(batch, labels=batch["labels"].clone())
+    altered["labels"][0, 0] = IGNORE
+    assert token_stats(outputs.logits, altered["labels"])[1] == tokens
+
+
+def test_chat_template_from_the_spec_overrides_the_tokenizers(model_dir, tokenizer):
+    template = (
+        "{% for m in messages %}{{ m['role'] | upper }}: {{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}ASSISTANT: {% endif %}"
+    )
+    segments = chat_segments(tokenizer, CHAT[1:3], template)
+    assert segments == [("USER: the movie was good\nASSISTANT: ", False), ("positive\n", True)]
+
+
+def test_spec_refuses_a_template_that_is_not_jinja():
+    with pytest.raises(SpecError, match="chat_template is not valid Jinja"):
+        validate(
+            {
+                "model": {"path": "m"},
+                "task": {"type": "causal_lm", "format": "chat", "chat_template": "{% for %}"},
+                "data": {"train": "t.jsonl"},
+            }
+        )
+
+
+@pytest.mark.parametrize(
+    ("messages", "problem"),
+    [
+        ([{"role": "user", "content": "hi"}], "no assistant turn"),
+        ([{"role": "narrator", "content": "hi"}, {"role": "assistant", "content": "x"}], "role 'narrator'"),
+        ([], "empty conversation"),
+        ("hello", "must be a list"),
+        ([{"role": "user"}], "not a {role, content} object"),
+    ],
+)
+def test_bad_conversations_are_named(messages, problem):
+    assert problem in conversation_problem(messages, ["system", "user", "assistant"])
+
+
+def test_row_problem_catches_roles_the_template_refuses(model_dir):
+    # The spec allows "tool", but this tokenizer's template raises on it.
+    spec = CausalLmSpec(format="chat")
+    row = {"messages": [{"role": "tool", "content": "x"}, {"role": "assistant", "content": "y"}]}
+    assert "the chat template cannot render" in TASK.row_problem(row, spec, model_dir)
+    assert TASK.row_problem({"messages": CHAT}, spec, model_dir) is None
+    assert "blank" in TASK.row_problem(
+        {"prompt": " ", "completion": "x"}, CausalLmSpec(format="prompt_completion"), model_dir
+    )
+
+
+def test_perplexity_is_exp_of_the_token_loss():
+    metrics = TASK.metrics(np.array([20.0, 10.0, 4.0]), None)
+    assert metrics["loss"] == pytest.approx(2.0)
+    assert metrics["perplexity"] == pytest.approx(np.exp(2.0))
+    assert metrics["token_accuracy"] == pytest.approx(0.4)
+
+
+def test_token_stats_align_logits_with_extra_leading_positions():
+    """Prompt tuning prepends virtual tokens to the logits; labels align with the tail."""
+    labels = torch.tensor([[IGNORE, 2, 3]])
+    logits = torch.full((1, 5, 4), -10.0)
+    logits[0, 2, 2] = logits[0, 3, 3] = 10.0  # positions 2,3 of 5 = label positions 0,1 → predict 2, 3
+    loss_sum, tokens, correct = token_stats(logits, labels)
+    assert (tokens, correct) == (2, 2) and loss_sum < 1e-3
