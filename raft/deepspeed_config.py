@@ -1,8 +1,12 @@
 """Spec → DeepSpeed config dict. Pure: no Ray, no DeepSpeed import.
 
-raft owns the optimizer and schedule: a torch AdamW and a transformers schedule are handed
-to ``deepspeed.initialize``. The one exception is optimizer offload, where DeepSpeed
-requires its own CPU Adam, so the optimizer is declared in the config instead.
+raft owns the optimizer and schedule: a fused torch AdamW and a transformers schedule are
+handed to ``deepspeed.initialize``, with optimizer offload too. There DeepSpeed would insist
+on its own CPU Adam, a C++ op compiled on each machine's first run (2-3 minutes here);
+fused torch AdamW steps CPU tensors as fast or faster (benchmarks/optimizer_step.py: 0.030
+against 0.038 s a step for 22M parameters), so raft turns that insistence off
+(``zero_force_ds_cpu_optimizer``). Declaring ``optimizer`` in ``deepspeed.config`` brings
+DeepSpeed's own back.
 """
 
 from __future__ import annotations
@@ -52,19 +56,11 @@ def build_deepspeed_config(spec: Any, precision: str) -> dict[str, Any]:
         "wall_clock_breakdown": False,
         # raft's torch AdamW is a client optimizer, which ZeRO treats as "untested".
         "zero_allow_untested_optimizer": True,
+        # ...and which may step offloaded (CPU) optimizer state: see the module docstring.
+        "zero_force_ds_cpu_optimizer": False,
     }
     if train.max_grad_norm is not None:
         config["gradient_clipping"] = train.max_grad_norm
-    if ds.offload_optimizer:
-        config["optimizer"] = {
-            "type": "AdamW",
-            "params": {
-                "lr": train.lr,
-                "weight_decay": train.weight_decay,
-                "betas": [0.9, 0.999],
-                "eps": 1e-8,
-            },
-        }
     return deep_merge(config, ds.config)
 
 

@@ -154,7 +154,7 @@ class DeepSpeedSection(SectionModel):
         0, description="ZeRO stage: 0 replicate, 1 shard optimizer state, 2 + gradients, 3 + parameters."
     )
     offload_optimizer: bool = Field(
-        False, description="Keep optimizer state in CPU memory (ZeRO 1-3; DeepSpeed's CPU Adam)."
+        False, description="Keep optimizer state in CPU memory, stepped there (ZeRO 1-3)."
     )
     offload_params: bool = Field(False, description="Keep parameters in CPU memory (ZeRO 3).")
     config: dict[str, Any] = Field(

@@ -95,7 +95,8 @@ def test_trains_and_exports(tiny_bert, toy_data, tmp_path, zero_stage, technique
 
 
 def test_zero3_with_optimizer_and_parameter_offload(tiny_bert, toy_data, tmp_path):
-    """ZeRO-3 with optimizer and parameters in CPU memory (DeepSpeed's CPU Adam)."""
+    """ZeRO-3 with optimizer state and parameters in CPU memory (raft's fused AdamW steps
+    the offloaded state)."""
     spec = validate(
         base_spec(
             tiny_bert,

@@ -38,7 +38,7 @@ def test_zero_stage_and_batch_sizes(stage):
     assert ("stage3_gather_16bit_weights_on_model_save" in config["zero_optimization"]) == (stage == 3)
 
 
-def test_offload_declares_deepspeed_optimizer():
+def test_offload_keeps_raft_optimizer_unless_the_config_declares_one():
     spec = spec_with(
         deepspeed={"zero_stage": 3, "offload_optimizer": True, "offload_params": True},
         train={"lr": 2e-4, "weight_decay": 0.1},
@@ -47,9 +47,16 @@ def test_offload_declares_deepspeed_optimizer():
     zero = config["zero_optimization"]
     assert zero["offload_optimizer"]["device"] == "cpu"
     assert zero["offload_param"]["device"] == "cpu"
-    assert not uses_client_optimizer(config)
-    assert config["optimizer"]["params"]["lr"] == 2e-4
-    assert config["optimizer"]["params"]["weight_decay"] == 0.1
+    # raft's fused AdamW steps the offloaded state; DeepSpeed must not insist on CPU Adam.
+    assert uses_client_optimizer(config) and config["zero_force_ds_cpu_optimizer"] is False
+    declared = spec_with(
+        deepspeed={
+            "zero_stage": 2,
+            "offload_optimizer": True,
+            "config": {"optimizer": {"type": "AdamW", "params": {"lr": 2e-4}}},
+        }
+    )
+    assert not uses_client_optimizer(build_deepspeed_config(declared, "fp32"))
 
 
 def test_precision_and_clipping():
