@@ -95,7 +95,7 @@ def prepare(spec: Any) -> PreparedData:
     wanted_samples = getattr(getattr(spec.task, "generation", None), "logged_samples", 0)
 
     train = read(train_source, spec.data.train_split, _paths_fit(train_source, spec.data.train_split))
-    train_scan = _scan(train, "data.train", train_source, spec, task, samples=0)
+    train_scan = _scan(train, "data.train", train_source, spec.data.train_split, spec, task, samples=0)
     train, train_rows = _drop_bad(train, train_scan, spec, task), train_scan.rows
     skipped = {"data.train": train_scan.bad} if train_scan.bad else {}
     observed = list(train_scan.labels)
@@ -103,7 +103,9 @@ def prepare(spec: Any) -> PreparedData:
         validation = read(
             validation_source, validation_split, _paths_fit(validation_source, validation_split)
         )
-        validation_scan = _scan(validation, "data.validation", validation_source, spec, task, wanted_samples)
+        validation_scan = _scan(
+            validation, "data.validation", validation_source, validation_split, spec, task, wanted_samples
+        )
         validation, validation_rows = _drop_bad(validation, validation_scan, spec, task), validation_scan.rows
         if validation_scan.bad:
             skipped["data.validation"] = validation_scan.bad
@@ -164,7 +166,15 @@ class Scan:
     samples: list[dict[str, Any]]  # the first few usable rows
 
 
-def _scan(dataset: ray.data.Dataset, role: str, source: Source, spec: Any, task: Any, samples: int) -> Scan:
+def _scan(
+    dataset: ray.data.Dataset,
+    role: str,
+    source: Source,
+    split: str | None,
+    spec: Any,
+    task: Any,
+    samples: int,
+) -> Scan:
     """Check every row with ``task.row_problem``, count rows and collect labels, in one
     Ray Data pass. A bad row stops the run here (naming its file and row), unless
     ``data.bad_rows: skip``."""
@@ -189,7 +199,7 @@ def _scan(dataset: ray.data.Dataset, role: str, source: Source, spec: Any, task:
     bad = sum(int(p["bad"]) for p in parts)
     if bad and spec.data.bad_rows == "error":
         first = next(p for p in parts if p["problem"])
-        where = locate_row(source, str(first["path"]), int(first["line"]), task, spec)
+        where = locate_row(source, split, str(first["path"]), int(first["line"]), task, spec)
         raise DataError(
             f"{role} {where}: {first['problem']}"
             + (f" ({bad} bad rows in all)" if bad > 1 else "")
@@ -274,14 +284,14 @@ def _keep_good(batch: dict[str, np.ndarray], task_name: str, task_spec: Any, mod
     return {column: values[keep] for column, values in batch.items()}
 
 
-def locate_row(source: Source, path: str, line: int, task: Any, spec: Any) -> str:
+def locate_row(source: Source, split: str | None, path: str, line: int, task: Any, spec: Any) -> str:
     """``'<file>, line N'`` / ``'<file>, row N'`` of the first row ``task`` refuses in
     ``path``: the file is read again here, on the error path only."""
     if line > 0:  # CoNLL rows carry the line their sentence starts on
         return f"{path}, line {line}"
     try:
         if source.is_hf:
-            rows = iter(sources.load_hf(source, spec.data.train_split))
+            rows = iter(sources.load_hf(source, split))
             for number, row in enumerate(rows, start=1):
                 if task.row_problem(row, spec.task, spec.model.path):
                     return f"{source.uri!r}, row {number}"

@@ -176,3 +176,24 @@ def test_token_stats_align_logits_with_extra_leading_positions():
     logits[0, 2, 2] = logits[0, 3, 3] = 10.0  # positions 2,3 of 5 = label positions 0,1 → predict 2, 3
     loss_sum, tokens, correct = token_stats(logits, labels)
     assert (tokens, correct) == (2, 2) and loss_sum < 1e-3
+
+
+def test_chat_without_any_template_is_refused_before_training(tmp_path):
+    from raft.tasks.base import load_tokenizer
+    from raft.train import RunError, preflight
+
+    path = make_tiny_generative_model(tmp_path / "m", "causal_lm")
+    (path / "chat_template.jinja").unlink()
+    load_tokenizer.cache_clear()
+    train = tmp_path / "chat.jsonl"
+    train.write_text('{"messages": [{"role": "assistant", "content": "x"}]}\n')
+    spec = validate(
+        {
+            "model": {"path": str(path)},
+            "task": {"type": "causal_lm", "format": "chat"},
+            "data": {"train": str(train)},
+        }
+    )
+    with pytest.raises(RunError, match="has no chat template; set task.chat_template"):
+        preflight(spec)
+    TASK.check_model(CausalLmSpec(format="chat", chat_template="{{ messages }}"), str(path))
