@@ -47,12 +47,20 @@ def read(source: Source, split: str | None = None, with_paths: bool = True) -> r
     if source.format == "conll":
         binary = ray.data.read_binary_files(files, filesystem=source.filesystem, include_paths=True)
         return binary.flat_map(_conll_rows)
+    if source.format == "imagefolder":
+        binary = ray.data.read_binary_files(files, filesystem=source.filesystem, include_paths=True)
+        return binary.map(_imagefolder_row, fn_kwargs={"root": source.files_root})
     return ray.data.from_huggingface(sources.load_hf(source, split))
 
 
 def _paths_fit(source: Source, split: str | None) -> bool:
     """Whether Ray may add its ``path`` column (not when the data has a column of that name)."""
     return not source.is_hf and "path" not in sources.peek_columns(source, split)
+
+
+def _imagefolder_row(item: dict[str, Any], root: str) -> dict[str, Any]:
+    """An image file → {image bytes, label: its class folder, path}."""
+    return {"image": item["bytes"], "label": sources.class_of(item["path"], root), "path": item["path"]}
 
 
 def _conll_rows(item: dict[str, Any]) -> list[dict[str, Any]]:
@@ -134,6 +142,13 @@ def prepare(spec: Any) -> PreparedData:
         except ValueError as error:
             raise DataError(f"column {label_column!r}: {error}") from None
 
+    # Files are often sorted (an image folder is, class by class): without a shuffle each
+    # worker would see long runs of one class and training would swing between them.
+    if spec.data.shuffle == "global":
+        train = train.random_shuffle(seed=spec.train.seed)
+    elif spec.data.shuffle == "local":  # the workers add a shuffle buffer (raft.worker)
+        train = train.randomize_block_order(seed=spec.train.seed)
+
     preprocess_args = {
         "task_name": task.name,
         "task_spec": spec.task,
@@ -146,6 +161,13 @@ def prepare(spec: Any) -> PreparedData:
         )
         for dataset in (train, validation)
     )
+    if task.augments(spec.task):  # training batches only, drawn afresh as each epoch streams
+        train = train.map_batches(
+            _augment,
+            fn_kwargs={"task_name": task.name, "task_spec": spec.task},
+            batch_format="numpy",
+            num_cpus=spec.data.cpus_per_task,
+        )
     if task.changes_row_count(spec.task):  # packing: count the examples, not the rows
         train_rows, validation_rows = train.count(), validation.count()
         for role, count in (("data.train", train_rows), ("data.validation", validation_rows)):
@@ -289,6 +311,8 @@ def locate_row(source: Source, split: str | None, path: str, line: int, task: An
     ``path``: the file is read again here, on the error path only."""
     if line > 0:  # CoNLL rows carry the line their sentence starts on
         return f"{path}, line {line}"
+    if source.format == "imagefolder":  # each row is its own file
+        return path
     try:
         if source.is_hf:
             rows = iter(sources.load_hf(source, split))
@@ -332,6 +356,10 @@ def _plain(value: Any) -> Any:
 
 def _plain_row(row: dict[str, Any]) -> dict[str, Any]:
     return {k: _plain(v) for k, v in row.items() if k not in ("path", "line")}
+
+
+def _augment(batch: dict, task_name: str, task_spec: Any) -> dict:
+    return registry.get_task(task_name).augment(batch, task_spec)
 
 
 def _preprocess(

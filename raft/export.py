@@ -36,9 +36,7 @@ def export_model(
         if is_adapter:
             # The adapter needs the base model's config with this run's label names.
             _base_config(spec, labels).save_pretrained(staging)
-    from transformers import AutoTokenizer
-
-    AutoTokenizer.from_pretrained(spec.model.path).save_pretrained(staging)
+    task.save_preprocessor(spec.model.path, staging)
     generation = task.generation_config(spec.task, spec.model.path)
     if generation is not None:  # the spec's decoding settings, read by generate() and serving
         generation.save_pretrained(staging)
@@ -76,18 +74,19 @@ def _merge_adapter(
 
 
 def _model_card(spec: Any, labels: LabelMap | None, is_adapter: bool) -> str:
-    auto = registry.get_task(spec.task.type).auto_class
+    task = registry.get_task(spec.task.type)
+    auto, preprocessor = task.auto_class, task.preprocessor_class
     if is_adapter:
         load = (
             "from peft import PeftModel\n"
-            f"from transformers import AutoConfig, AutoTokenizer, {auto}\n\n"
+            f"from transformers import AutoConfig, {preprocessor}, {auto}\n\n"
             "config = AutoConfig.from_pretrained(MODEL_DIR)  # carries the label names\n"
             f"base = {auto}.from_pretrained({spec.model.path!r}, config=config)\n"
             "model = PeftModel.from_pretrained(base, MODEL_DIR)\n"
         )
     else:
         load = (
-            f"from transformers import AutoTokenizer, {auto}\n\nmodel = {auto}.from_pretrained(MODEL_DIR)\n"
+            f"from transformers import {preprocessor}, {auto}\n\nmodel = {auto}.from_pretrained(MODEL_DIR)\n"
         )
     classes = json.dumps(list(labels.names)) if labels else "n/a"
     return (
@@ -97,6 +96,6 @@ def _model_card(spec: Any, labels: LabelMap | None, is_adapter: bool) -> str:
         f"- classes: {classes}\n\n"
         "```python\n"
         f"{load}"
-        "tokenizer = AutoTokenizer.from_pretrained(MODEL_DIR)\n"
+        f"preprocessor = {preprocessor}.from_pretrained(MODEL_DIR)\n"
         "```\n\nThe full training spec is in `raft_spec.yaml`.\n"
     )

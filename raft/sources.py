@@ -20,6 +20,7 @@ EXTENSIONS = {
     "parquet": (".parquet", ".pq"),
     "conll": (".conll", ".iob", ".bio"),
 }
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 # CoNLL files become rows with these two list columns (one sentence a row).
 CONLL_COLUMNS = ["tokens", "tags"]
 
@@ -33,9 +34,14 @@ class Source:
     """A resolved data location: its format and the files it holds."""
 
     uri: str
-    format: str  # jsonl | csv | parquet | conll | hf
+    format: str  # jsonl | csv | parquet | conll | imagefolder | hf
     files: tuple[str, ...]
     filesystem: pafs.FileSystem
+    root: str = ""  # the folder given, for imagefolder (class = first folder below it)
+
+    @property
+    def files_root(self) -> str:
+        return self.root
 
     @property
     def is_hf(self) -> bool:
@@ -87,7 +93,36 @@ def resolve(uri: str, declared_format: str = "auto", role: str = "data") -> Sour
     )
     if not files:
         raise DataError(f"{role} {uri!r} is an empty folder")
+    if declared_format == "imagefolder" or (
+        declared_format == "auto" and all(f.lower().endswith(IMAGE_EXTENSIONS) for f in files)
+    ):
+        return _image_folder(uri, path, files, filesystem, role)
     return Source(uri, _format_of(files, declared_format, uri, role), tuple(files), filesystem)
+
+
+def _image_folder(uri: str, root: str, files: list[str], filesystem: pafs.FileSystem, role: str) -> Source:
+    """A folder tree of images, one subfolder per class."""
+    images = [f for f in files if f.lower().endswith(IMAGE_EXTENSIONS)]
+    loose = [f for f in images if os.path.dirname(f.rstrip("/")) == root.rstrip("/")]
+    if not images:
+        raise DataError(f"{role} {uri!r} has no image files ({', '.join(IMAGE_EXTENSIONS)})")
+    if loose:
+        raise DataError(
+            f"{role} {uri!r}: images must sit in one subfolder per class (e.g. cats/1.png), "
+            f"but {os.path.basename(loose[0])!r} and {len(loose) - 1} more are directly in the folder"
+        )
+    classes = {class_of(f, root) for f in images}
+    if len(classes) < 2:
+        raise DataError(
+            f"{role} {uri!r} has one class folder ({classes.pop()!r}); classification needs two or more"
+        )
+    return Source(uri, "imagefolder", tuple(images), filesystem, root=root)
+
+
+def class_of(path: str, root: str) -> str:
+    """The class of an image in an imagefolder tree: the first folder below ``root``."""
+    relative = os.path.relpath(path, root) if "://" not in path else path[len(root) :].lstrip("/")
+    return relative.replace("\\", "/").split("/")[0]
 
 
 def _format_of(files: list[str], declared: str, uri: str, role: str) -> str:
@@ -110,6 +145,8 @@ def _format_of(files: list[str], declared: str, uri: str, role: str) -> str:
 
 def peek_columns(source: Source, split: str | None = None) -> list[str]:
     """Column names, read from the first file only (cheap even for large data)."""
+    if source.format == "imagefolder":
+        return ["image", "label"]
     first = source.files[0]
     try:
         if source.format == "parquet":

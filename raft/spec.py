@@ -67,7 +67,7 @@ class DataSection(SectionModel):
         description="Fraction of the training data held out for validation when no "
         "validation file is given (default 0.1), chosen with train.seed.",
     )
-    format: Literal["auto", "jsonl", "csv", "parquet", "conll", "hf"] = Field(
+    format: Literal["auto", "jsonl", "csv", "parquet", "conll", "imagefolder", "hf"] = Field(
         "auto", description="File format; auto decides from the file extension or folder."
     )
     train_split: str = Field("train", description="Split to train on in a saved DatasetDict.")
@@ -77,6 +77,12 @@ class DataSection(SectionModel):
     cpus_per_task: PositiveFloat = Field(
         1.0, description="Logical CPUs each Ray Data preprocessing task reserves."
     )
+    shuffle: Literal["global", "local", "none"] = Field(
+        "global",
+        description="Training order: global = a full shuffle of the rows (seeded by train.seed), "
+        "local = random block order plus a shuffle buffer (for data too big to shuffle), none = as read.",
+    )
+    shuffle_buffer: PositiveInt = Field(1000, description="Rows in the local shuffle buffer (shuffle: local).")
     bad_rows: Literal["error", "skip"] = Field(
         "error",
         description="A row the task cannot use (no assistant turn, token/tag count mismatch, "

@@ -226,3 +226,52 @@ def toy_text_rows(count: int, seed: int = 0) -> list[dict]:
         {"text": " ".join(f"{w} {TOY_TRANSLATION[w]}" for w in rng.choices(words, k=rng.randint(3, 10)))}
         for _ in range(count)
     ]
+
+
+# -- vision: a tiny ViT and a toy image folder ----------------------------------------------
+def make_tiny_vision_model(directory: str | Path, **overrides) -> Path:
+    """Save a tiny ViT backbone (the head is added at load, sized to the classes) and its
+    image processor (32×32, ImageNet-style normalization)."""
+    import torch
+    from transformers import AutoModel, ViTImageProcessor
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config = registry.get_task("image_classification").tiny_config(**overrides)
+    torch.manual_seed(0)
+    AutoModel.from_config(config).save_pretrained(directory, safe_serialization=True)
+    ViTImageProcessor(size={"height": config.image_size, "width": config.image_size}).save_pretrained(
+        directory
+    )
+    return directory
+
+
+TOY_IMAGE_CLASSES = ("horizontal", "vertical")
+
+
+def toy_image(kind: str, rng: random.Random, size: int = 24):
+    """A PIL image of noisy stripes: the stripe direction is the class."""
+    import numpy as np
+    from PIL import Image
+
+    period = rng.choice([4, 6, 8])
+    phase = rng.randrange(period)
+    lines = ((np.arange(size) + phase) % period < period // 2).astype(np.float32)
+    pattern = (
+        np.tile(lines[:, None], (1, size)) if kind == "horizontal" else np.tile(lines[None, :], (size, 1))
+    )
+    noise = np.random.default_rng(rng.randrange(1 << 30)).normal(0, 0.15, (size, size))
+    gray = np.clip(pattern * 0.8 + 0.1 + noise, 0, 1)
+    color = np.array([rng.uniform(0.5, 1.0) for _ in range(3)], dtype=np.float32)
+    return Image.fromarray((gray[:, :, None] * color * 255).astype(np.uint8), mode="RGB")
+
+
+def write_toy_image_folder(root: str | Path, count: int, seed: int = 0) -> Path:
+    """``root/<class>/<n>.png`` for ``count`` toy images split over the stripe classes."""
+    rng = random.Random(seed)
+    root = Path(root)
+    for i in range(count):
+        kind = TOY_IMAGE_CLASSES[i % len(TOY_IMAGE_CLASSES)]
+        (root / kind).mkdir(parents=True, exist_ok=True)
+        toy_image(kind, rng).save(root / kind / f"{i:05d}.png")
+    return root

@@ -299,9 +299,14 @@ def _save_hf_model(engine: Any, directory: str, rank: int) -> None:
 
 
 # -- training and evaluation ----------------------------------------------------------
-def _batches(shard: Any, task: Any, spec: Any, device: torch.device):
+def _batches(shard: Any, task: Any, spec: Any, device: torch.device, training: bool = False):
+    buffer = spec.data.shuffle_buffer if training and spec.data.shuffle == "local" else None
     for batch in shard.iter_torch_batches(
-        batch_size=spec.train.batch_size, collate_fn=task.collate, prefetch_batches=2
+        batch_size=spec.train.batch_size,
+        collate_fn=task.collate,
+        prefetch_batches=2,
+        local_shuffle_buffer_size=buffer,
+        local_shuffle_seed=spec.train.seed if buffer else None,
     ):
         yield {key: value.to(device, non_blocking=True) for key, value in batch.items()}
 
@@ -314,13 +319,13 @@ def _train_one_epoch(
     loss_sum, batches, samples = 0.0, 0, 0
     window_start, window_samples = time.perf_counter(), 0
     epoch_start = time.perf_counter()
-    for index, batch in enumerate(_batches(shard, task, spec, device)):
+    for index, batch in enumerate(_batches(shard, task, spec, device, training=True)):
         if index < skip:  # resuming mid-epoch: these batches were trained before the restart
             continue
         loss = engine(**batch).loss
         _backward(engine, loss)
         engine.step()
-        size = int(batch["input_ids"].shape[0])
+        size = _rows(batch)
         loss_sum += float(loss.detach())
         batches += 1
         samples += size
@@ -390,7 +395,7 @@ def _evaluate(
     loss_sum, rows, stats = 0.0, 0, task.empty_stats(labels)
     for batch in _batches(shard, task, spec, device):
         outputs = engine(**batch)
-        size = int(batch["input_ids"].shape[0])
+        size = _rows(batch)
         loss_sum += float(outputs.loss) * size
         rows += size
         stats = stats + task.eval_stats(outputs, batch, labels, context)
@@ -443,3 +448,8 @@ def _format(metrics: dict[str, Any]) -> str:
 
 def _scalars(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
+
+
+def _rows(batch: dict[str, torch.Tensor]) -> int:
+    """Examples in a batch (whatever the family's inputs: token ids, pixels, features)."""
+    return int(next(iter(batch.values())).shape[0])

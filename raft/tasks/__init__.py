@@ -2,6 +2,7 @@
 
 from raft.tasks import (  # noqa: F401
     causal_lm,
+    image_classification,
     seq2seq,
     sequence_classification,
     token_classification,

@@ -34,8 +34,10 @@ class Task(ABC):
     spec_class: ClassVar[type[TaskSpec]]
     # The transformers Auto class of this family's models (e.g. "AutoModelForSequenceClassification").
     auto_class: ClassVar[str]
-    # peft's TaskType for adapters on this family (e.g. "SEQ_CLS").
-    peft_task_type: ClassVar[str]
+    # peft's TaskType for adapters on this family (e.g. "SEQ_CLS"); None where peft has
+    # none (vision), and then the modules listed next train in full beside the adapter.
+    peft_task_type: ClassVar[str | None]
+    peft_modules_to_save: ClassVar[list[str] | None] = None
     # Validation metric the run summary leads with, and whether higher is better.
     primary_metric: ClassVar[str]
     primary_mode: ClassVar[str] = "max"
@@ -65,6 +67,25 @@ class Task(ABC):
         """True when preprocessing turns N rows into another number of examples (packing);
         the example count is then taken after preprocessing."""
         return False
+
+    def augments(self, spec: Any) -> bool:
+        """True when training batches go through ``augment`` after preprocessing."""
+        return False
+
+    def augment(self, batch: dict[str, np.ndarray], spec: Any) -> dict[str, np.ndarray]:
+        """Random training-time changes to preprocessed features (fresh draws each epoch)."""
+        return batch
+
+    # The transformers class that turns raw inputs into model inputs for this family.
+    preprocessor_class: ClassVar[str] = "AutoTokenizer"
+
+    def save_preprocessor(self, model_path: str, destination: Any) -> None:
+        """Copy the model's tokenizer (or image processor...) into an export folder."""
+        import transformers
+
+        getattr(transformers, self.preprocessor_class).from_pretrained(model_path).save_pretrained(
+            destination
+        )
 
     def check_model(self, spec: Any, model_path: str) -> None:
         """Refuse a model folder this family cannot use (ValueError), before any Ray work."""

@@ -46,6 +46,7 @@ def apply(model: torch.nn.Module, spec: Ia3Spec, task: Task) -> torch.nn.Module:
 
     config = IA3Config(
         task_type=task.peft_task_type,
+        modules_to_save=task.peft_modules_to_save,
         target_modules=spec.target_modules,
         feedforward_modules=spec.feedforward_modules,
     )

@@ -34,6 +34,7 @@ def apply(model: torch.nn.Module, spec: LoraSpec, task: Task) -> torch.nn.Module
     targets = spec.target_modules or task.lora_targets(model)
     config = LoraConfig(
         task_type=task.peft_task_type,
+        modules_to_save=task.peft_modules_to_save,
         r=spec.r,
         lora_alpha=spec.alpha or 2 * spec.r,
         lora_dropout=spec.dropout,

@@ -1,0 +1,221 @@
+"""Image classification (ViT, DeiT, ConvNeXt: ``AutoModelForImageClassification``).
+
+Images come from a folder tree (``data.format: imagefolder``; one subfolder per class), or
+from a column of image bytes or paths in jsonl/csv/parquet (relative paths are relative
+to the data file). They are decoded with Pillow and turned into ``pixel_values`` by the
+model's own image processor (its Pillow backend: no torchvision) inside Ray Data.
+Training batches can be augmented (horizontal flip, random crop) after preprocessing, in
+the same streamed pipeline, so every epoch sees fresh draws. Metrics: accuracy, macro-F1
+and top-k accuracy.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import os
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import Field, PositiveInt, confloat
+
+from raft.labels import LabelMap
+from raft.metrics import classification_metrics, confusion_matrix
+from raft.registry import TaskSpec, register_task
+from raft.tasks.base import EvalContext, Task
+
+PROMPT_REASON = (
+    "peft's {kind} works on token sequences of language models; a vision encoder has no "
+    "token embeddings or past key/values to attach it to"
+)
+
+
+class ImageClassificationSpec(TaskSpec):
+    type: Literal["image_classification"] = "image_classification"
+    image_column: str = Field(
+        "image",
+        description="Column of image bytes or paths (relative to the data file); 'image' for imagefolder.",
+    )
+    label_column: str = Field(
+        "label", description="Column with class names; the folder name for imagefolder."
+    )
+    labels: list[str] | None = Field(
+        None, min_length=2, description="Class names in id order. Default: the sorted classes found."
+    )
+    flip: bool = Field(False, description="Augment training images with random horizontal flips.")
+    crop: confloat(gt=0.0, le=1.0) | None = Field(
+        None, description="Augment with a random crop of this fraction of each side, resized back."
+    )
+    top_k: PositiveInt = Field(5, description="k of the top-k accuracy metric.")
+
+
+class ImageClassification(Task):
+    name = "image_classification"
+    spec_class = ImageClassificationSpec
+    auto_class = "AutoModelForImageClassification"
+    peft_task_type = None  # peft has no image task type: the adapter wraps the model as is
+    peft_modules_to_save = ["classifier"]  # and the new head trains in full beside it
+    preprocessor_class = "AutoImageProcessor"
+    primary_metric = "accuracy"
+    unsupported_techniques = {
+        "prompt_tuning": PROMPT_REASON.format(kind="prompt tuning"),
+        "prefix_tuning": PROMPT_REASON.format(kind="prefix tuning"),
+    }
+
+    def required_columns(self, spec: ImageClassificationSpec) -> list[str]:
+        return [spec.image_column, spec.label_column]
+
+    def label_column(self, spec: ImageClassificationSpec) -> str:
+        return spec.label_column
+
+    def row_problem(self, row: dict[str, Any], spec: ImageClassificationSpec, model_path: str) -> str | None:
+        if row.get(spec.label_column) is None:
+            return f"column {spec.label_column!r} is empty"
+        try:
+            image = open_image(row.get(spec.image_column), row.get("path"))
+            image.verify()  # reads the whole file's structure without decoding pixels
+        except Exception as error:
+            return f"column {spec.image_column!r}: cannot be read as an image ({_short(error)})"
+        return None
+
+    def preprocess(
+        self,
+        batch: dict[str, np.ndarray],
+        spec: ImageClassificationSpec,
+        model_path: str,
+        labels: LabelMap | None,
+    ) -> dict[str, np.ndarray]:
+        processor = load_image_processor(model_path)
+        paths = batch.get("path")
+        images = [
+            open_image(value, None if paths is None else paths[i]).convert("RGB")
+            for i, value in enumerate(batch[spec.image_column])
+        ]
+        pixels = processor(images=images, return_tensors="np")["pixel_values"].astype(np.float32)
+        features = {"pixel_values": pixels}
+        if labels is not None:
+            features["labels"] = np.asarray(labels.encode(batch[spec.label_column]), dtype=np.int64)
+        return features
+
+    def augments(self, spec: ImageClassificationSpec) -> bool:
+        return spec.flip or spec.crop is not None
+
+    def augment(self, batch: dict[str, np.ndarray], spec: ImageClassificationSpec) -> dict[str, np.ndarray]:
+        return {**batch, "pixel_values": augment_pixels(batch["pixel_values"], spec.flip, spec.crop)}
+
+    def collate(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        return {key: torch.from_numpy(np.array(value)) for key, value in batch.items()}
+
+    def build_model(
+        self,
+        model_path: str,
+        spec: ImageClassificationSpec,
+        labels: LabelMap | None,
+        trust_remote_code: bool = False,
+    ) -> torch.nn.Module:
+        return self.load_with_head(model_path, labels, trust_remote_code)
+
+    # Statistics: the confusion matrix, plus one extra row whose first entry counts the
+    # rows whose label is among the top-k logits.
+    def empty_stats(self, labels: LabelMap | None) -> np.ndarray:
+        return np.zeros((labels.num_labels + 1, labels.num_labels), dtype=np.int64)
+
+    def eval_stats(
+        self,
+        outputs: Any,
+        batch: dict[str, torch.Tensor],
+        labels: LabelMap | None,
+        context: EvalContext | None = None,
+    ) -> np.ndarray:
+        k = min(context.spec.top_k if context else 5, labels.num_labels)
+        gold = batch["labels"].cpu()
+        stats = self.empty_stats(labels)
+        stats[:-1] = confusion_matrix(
+            gold.numpy(), outputs.logits.argmax(-1).cpu().numpy(), labels.num_labels
+        )
+        top = outputs.logits.topk(k, dim=-1).indices.cpu()
+        stats[-1, 0] = int((top == gold[:, None]).any(dim=-1).sum())
+        stats[-1, 1] = k
+        return stats
+
+    def metrics(self, stats: np.ndarray, labels: LabelMap | None) -> dict[str, float]:
+        confusion = stats[:-1]
+        metrics = classification_metrics(confusion)
+        total = int(confusion.sum())
+        metrics["top_k_accuracy"] = float(stats[-1, 0]) / total if total else 0.0
+        return metrics
+
+    def save_preprocessor(self, model_path: str, destination: Any) -> None:
+        load_image_processor(model_path).save_pretrained(destination)
+
+    def lora_targets(self, model: torch.nn.Module) -> list[str]:
+        names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+        if {"query", "value"} <= names:  # ViT, DeiT, BEiT
+            return ["query", "value"]
+        return super().lora_targets(model)
+
+    def tiny_config(self, **overrides: Any) -> Any:
+        from transformers import ViTConfig
+
+        settings = dict(
+            image_size=32,
+            patch_size=8,
+            num_channels=3,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+        )
+        settings.update(overrides)
+        settings.pop("vocab_size", None)
+        return ViTConfig(**settings)
+
+
+@functools.lru_cache(maxsize=4)
+def load_image_processor(model_path: str) -> Any:
+    """The model's image processor with its Pillow backend, cached per process."""
+    from transformers import AutoImageProcessor
+
+    return AutoImageProcessor.from_pretrained(model_path, backend="pil")
+
+
+def open_image(value: Any, data_file: Any = None) -> Any:
+    """A PIL image from bytes, or from a path (relative to ``data_file``'s folder)."""
+    from PIL import Image
+
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return Image.open(io.BytesIO(bytes(value)))
+    if isinstance(value, dict) and "bytes" in value:  # HF datasets' Image feature
+        return Image.open(io.BytesIO(value["bytes"]))
+    if isinstance(value, str) and value:
+        path = value
+        if not os.path.isabs(path) and "://" not in path and data_file:
+            path = os.path.join(os.path.dirname(str(data_file)), path)
+        return Image.open(path)
+    raise ValueError(f"expected image bytes or a path, got {type(value).__name__}")
+
+
+def augment_pixels(pixels: np.ndarray, flip: bool, crop: float | None, rng: Any = None) -> np.ndarray:
+    """Random horizontal flip and/or random crop (resized back) of a (N, C, H, W) batch."""
+    rng = rng or np.random.default_rng()
+    out = pixels.copy()
+    n, _, height, width = out.shape
+    for i in range(n):
+        image = out[i]
+        if crop is not None and crop < 1.0:
+            h, w = max(1, round(height * crop)), max(1, round(width * crop))
+            top, left = rng.integers(0, height - h + 1), rng.integers(0, width - w + 1)
+            window = torch.from_numpy(np.ascontiguousarray(image[:, top : top + h, left : left + w]))[None]
+            image = torch.nn.functional.interpolate(window, size=(height, width), mode="bilinear")[0].numpy()
+        if flip and rng.random() < 0.5:
+            image = image[:, :, ::-1]
+        out[i] = image
+    return out
+
+
+def _short(error: Exception) -> str:
+    return str(error).splitlines()[0][:120] if str(error) else type(error).__name__
+
+
+register_task(ImageClassification())
