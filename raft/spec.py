@@ -82,7 +82,9 @@ class DataSection(SectionModel):
         description="Training order: global = a full shuffle of the rows (seeded by train.seed), "
         "local = random block order plus a shuffle buffer (for data too big to shuffle), none = as read.",
     )
-    shuffle_buffer: PositiveInt = Field(1000, description="Rows in the local shuffle buffer (shuffle: local).")
+    shuffle_buffer: PositiveInt = Field(
+        1000, description="Rows in the local shuffle buffer (shuffle: local)."
+    )
     bad_rows: Literal["error", "skip"] = Field(
         "error",
         description="A row the task cannot use (no assistant turn, token/tag count mismatch, "
