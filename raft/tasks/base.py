@@ -145,6 +145,10 @@ class Task(ABC):
             )
         return guesses
 
+    def ia3_targets(self, model: torch.nn.Module) -> tuple[list[str], list[str]] | None:
+        """Default IA3 (target, feed-forward) modules where peft's table has none."""
+        return None
+
     # -- evaluation ---------------------------------------------------------------
     @abstractmethod
     def empty_stats(self, labels: LabelMap | None) -> np.ndarray:

@@ -44,11 +44,14 @@ class Ia3Spec(TechniqueSpec):
 def apply(model: torch.nn.Module, spec: Ia3Spec, task: Task) -> torch.nn.Module:
     from peft import IA3Config, get_peft_model
 
+    targets, feedforward = spec.target_modules, spec.feedforward_modules
+    if targets is None:  # peft's table, unless the family knows better for this model
+        targets, feedforward = task.ia3_targets(model) or (None, None)
     config = IA3Config(
         task_type=task.peft_task_type,
         modules_to_save=task.peft_modules_to_save,
-        target_modules=spec.target_modules,
-        feedforward_modules=spec.feedforward_modules,
+        target_modules=targets,
+        feedforward_modules=feedforward,
     )
     try:
         return get_peft_model(model, config)

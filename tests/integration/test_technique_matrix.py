@@ -18,11 +18,11 @@ import sys
 import pytest
 
 from raft import registry
-from raft.testing import make_tiny_generative_model, make_tiny_model
+from raft.testing import make_tiny_generative_model, make_tiny_model, make_tiny_vision_model
 
 pytestmark = pytest.mark.slow
 
-FAMILIES = ["sequence_classification", "token_classification", "causal_lm", "seq2seq"]
+FAMILIES = ["sequence_classification", "token_classification", "causal_lm", "seq2seq", "image_classification"]
 TECHNIQUES = {
     "full": {"type": "full"},
     "freeze": {"type": "freeze", "embeddings": True, "lowest_layers": 1},
@@ -34,12 +34,14 @@ TECHNIQUES = {
 LABELS = {
     "sequence_classification": ["negative", "positive"],
     "token_classification": ["B-NEG", "B-POS", "O"],
+    "image_classification": ["horizontal", "vertical"],
 }
 TASKS = {
     "sequence_classification": {"type": "sequence_classification", "max_length": 16},
     "token_classification": {"type": "token_classification", "max_length": 16},
     "causal_lm": {"type": "causal_lm", "format": "prompt_completion", "max_length": 32},
     "seq2seq": {"type": "seq2seq", "max_source_length": 16, "max_target_length": 16},
+    "image_classification": {"type": "image_classification"},
 }
 
 
@@ -52,6 +54,21 @@ def supported_pairs() -> list[tuple[str, str]]:
     ]
 
 
+def toy_image_rows(count: int, seed: int) -> list[dict]:
+    import io
+    import random
+
+    from raft.testing import TOY_IMAGE_CLASSES, toy_image
+
+    rng, rows = random.Random(seed), []
+    for i in range(count):
+        kind = TOY_IMAGE_CLASSES[i % 2]
+        buffer = io.BytesIO()
+        toy_image(kind, rng).save(buffer, format="PNG")
+        rows.append({"image": buffer.getvalue(), "label": kind})
+    return rows
+
+
 def toy_batches(family: str, spec, model_path: str, labels, seed: int, count: int = 3):
     import numpy as np
 
@@ -59,6 +76,7 @@ def toy_batches(family: str, spec, model_path: str, labels, seed: int, count: in
 
     task = registry.get_task(family)
     rows, columns = {
+        "image_classification": (toy_image_rows, ("image", "label")),
         "sequence_classification": (testing.toy_sentiment_rows, ("text", "label")),
         "token_classification": (testing.toy_ner_rows, ("tokens", "tags")),
         "causal_lm": (testing.toy_sft_rows, ("prompt", "completion")),
@@ -143,8 +161,13 @@ for job in json.loads(sys.argv[1]):
         model = PeftModel.from_pretrained(auto.from_pretrained(job["base"], **extra), folder)
     else:
         model = auto.from_pretrained(folder)
-    encoded = transformers.AutoTokenizer.from_pretrained(job["base"])(["good movie"], return_tensors="pt")
-    encoded.pop("token_type_ids", None)
+    if job["vision"]:
+        from PIL import Image
+        image = Image.new("RGB", (24, 24), (200, 30, 30))
+        encoded = transformers.AutoImageProcessor.from_pretrained(job["base"], backend="pil")(images=[image], return_tensors="pt")
+    else:
+        encoded = transformers.AutoTokenizer.from_pretrained(job["base"])(["good movie"], return_tensors="pt")
+        encoded.pop("token_type_ids", None)
     if job["seq2seq"]:
         encoded["decoder_input_ids"] = torch.zeros((1, 1), dtype=torch.long)
     with torch.no_grad():
@@ -164,9 +187,11 @@ def test_every_supported_pair_trains_under_zero2_on_two_workers(tmp_path):
         "token_classification": str(bert),
         "causal_lm": str(make_tiny_generative_model(tmp_path / "llama", "causal_lm")),
         "seq2seq": str(make_tiny_generative_model(tmp_path / "t5", "seq2seq")),
+        "image_classification": str(make_tiny_vision_model(tmp_path / "vit")),
     }
     pairs = supported_pairs()
-    assert len(pairs) == 23  # 4 families × 6 techniques, less NER prompt tuning (refused)
+    # 5 families × 6 techniques, less the refused: NER prompt tuning, vision prompt/prefix tuning.
+    assert len(pairs) == 27
     result = TorchTrainer(
         matrix_loop,
         train_loop_config={"pairs": pairs, "models": models, "out": str(tmp_path / "out")},
@@ -189,6 +214,7 @@ def test_every_supported_pair_trains_under_zero2_on_two_workers(tmp_path):
             "auto": registry.get_task(family).auto_class,
             "num_labels": len(LABELS.get(family, [])),
             "seq2seq": family == "seq2seq",
+            "vision": family == "image_classification",
         }
         for family, name in pairs
     ]
