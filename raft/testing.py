@@ -185,14 +185,18 @@ TOY_TRANSLATION = {
 }
 
 
-def toy_translation_rows(count: int, seed: int = 0) -> list[dict]:
-    """Rows {"source", "target"}: a sentence of 2-5 toy words and its word-by-word map."""
+def toy_translation_rows(
+    count: int, seed: int = 0, lexicon: dict[str, str] | None = None, lengths: tuple[int, int] = (2, 5)
+) -> list[dict]:
+    """Rows {"source", "target"}: a sentence of toy words (``lengths`` words, inclusive) and
+    its word-by-word translation through ``lexicon`` (default: TOY_TRANSLATION)."""
+    lexicon = lexicon or TOY_TRANSLATION
     rng = random.Random(seed)
-    words = sorted(TOY_TRANSLATION)
+    words = sorted(lexicon)
     rows = []
     for _ in range(count):
-        sentence = [rng.choice(words) for _ in range(rng.randint(2, 5))]
-        rows.append({"source": " ".join(sentence), "target": " ".join(TOY_TRANSLATION[w] for w in sentence)})
+        sentence = [rng.choice(words) for _ in range(rng.randint(*lengths))]
+        rows.append({"source": " ".join(sentence), "target": " ".join(lexicon[w] for w in sentence)})
     return rows
 
 

@@ -14,7 +14,6 @@ Deterministic.
 
 from __future__ import annotations
 
-import json
 import random
 import sys
 from pathlib import Path
@@ -96,29 +95,18 @@ def chat_rows(count: int, seed: int, held_out: bool) -> list[dict]:
     return rows
 
 
-def translation_rows(count: int, seed: int) -> list[dict]:
-    rng = random.Random(seed)
-    words = sorted(LEXICON)
-    rows = []
-    for _ in range(count):
-        sentence = [rng.choice(words) for _ in range(rng.randint(3, 7))]
-        rows.append({"source": " ".join(sentence), "target": " ".join(LEXICON[w] for w in sentence)})
-    return rows
-
-
-def write(rows: list[dict], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-
-
 def main(root: Path) -> None:
+    from raft.testing import make_tiny_generative_model, toy_translation_rows, write_jsonl
+
     data, models = root / "data", root / "models"
     chat = {"train": chat_rows(1200, 0, False), "validation": chat_rows(120, 1, True)}
-    translation = {"train": translation_rows(1200, 2), "validation": translation_rows(120, 3)}
+    translation = {
+        split: toy_translation_rows(count, seed, lexicon=LEXICON, lengths=(3, 7))
+        for split, count, seed in (("train", 1200, 2), ("validation", 120, 3))
+    }
     for split in ("train", "validation"):
-        write(chat[split], data / "chat" / f"{split}.jsonl")
-        write(translation[split], data / "translation" / f"{split}.jsonl")
-    from raft.testing import make_tiny_generative_model
+        write_jsonl(chat[split], data / "chat" / f"{split}.jsonl")
+        write_jsonl(translation[split], data / "translation" / f"{split}.jsonl")
 
     corpus = [m["content"] for row in chat["train"] for m in row["messages"]]
     corpus += [text for row in translation["train"] for text in (row["source"], row["target"])]
