@@ -15,7 +15,7 @@ import ray
 
 from raft import storage
 from raft.nodes import VERSIONED, NodeReport, storage_problems
-from raft.resources import WORKER_REUSE_SYSTEM_CONFIG, local_cluster_cpus, resource_problems
+from raft.resources import LOCAL_SYSTEM_CONFIG, local_cluster_cpus, resource_problems
 
 
 class ClusterError(RuntimeError):
@@ -42,7 +42,7 @@ def connect(spec: Any, address: str | None = None, verbose: bool = False) -> Ite
             ray.init(
                 num_cpus=local_cluster_cpus(spec),
                 include_dashboard=True,
-                _system_config=WORKER_REUSE_SYSTEM_CONFIG,
+                _system_config=LOCAL_SYSTEM_CONFIG,
                 **settings,
             )
         started = True

@@ -38,6 +38,9 @@ def required_cpus(spec: Any) -> float:
 # 47 s end to end for a tiny LoRA job). Ray's own ``_system_config`` keys; set the same
 # with ``ray start --system-config`` on a real cluster (see cluster/raft-cluster.sh).
 WORKER_REUSE_SYSTEM_CONFIG = {"idle_worker_killing_time_threshold_ms": 600_000, "num_workers_soft_limit": 8}
+# A local cluster exports no metrics: a CI run here lost a worker to a segfault inside
+# Ray's OpenTelemetry metrics thread (Meter::Collect), failing a run; nothing local reads them.
+LOCAL_SYSTEM_CONFIG = {**WORKER_REUSE_SYSTEM_CONFIG, "enable_metrics_collection": False}
 
 
 def local_cluster_cpus(spec: Any) -> int:

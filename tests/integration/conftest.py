@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import ray
 
-from raft.resources import WORKER_REUSE_SYSTEM_CONFIG
+from raft.resources import LOCAL_SYSTEM_CONFIG
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -16,7 +16,7 @@ def ray_cluster():
         num_cpus=4,
         include_dashboard=True,
         logging_level="WARNING",
-        _system_config=WORKER_REUSE_SYSTEM_CONFIG,
+        _system_config=LOCAL_SYSTEM_CONFIG,
     )
     from ray.data import DataContext
 
