@@ -7,6 +7,7 @@ handed to the Train workers as they train; each worker pulls its own shard throu
 
 from __future__ import annotations
 
+import base64
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -237,7 +238,7 @@ def _scan(
     kept: list[dict[str, Any]] = []
     for part in parts:
         labels.update(json.loads(str(part["labels"])))
-        kept.extend(json.loads(str(part["samples"])))
+        kept.extend(json.loads(str(part["samples"]), object_hook=_bytes_from_json))
     return Scan(rows, bad, sorted(labels, key=lambda v: (str(type(v)), v)), kept[:samples])
 
 
@@ -269,8 +270,8 @@ def _scan_batch(
             labels.update(str(v) for v in row[label_column])
         elif label_column is not None:
             labels.add(row[label_column])
-        if len(kept) < samples:
-            kept.append({k: v for k, v in row.items() if k not in ("path", "line")})
+        if len(kept) < samples:  # with its file: relative media paths resolve against it
+            kept.append({k: v for k, v in row.items() if k != "line"})
     return {
         "good": [good],
         "bad": [bad],
@@ -278,7 +279,7 @@ def _scan_batch(
         "path": [path],
         "line": [line],
         "labels": [json.dumps(sorted(labels, key=lambda v: (str(type(v)), v)))],
-        "samples": [json.dumps(kept)],
+        "samples": [json.dumps(kept, default=_bytes_to_json)],
     }
 
 
@@ -324,7 +325,9 @@ def locate_row(source: Source, split: str | None, path: str, line: int, task: An
             raw = stream.read()
         if source.format == "jsonl":
             for number, text in enumerate(raw.decode("utf-8").splitlines(), start=1):
-                if text.strip() and task.row_problem(json.loads(text), spec.task, spec.model.path):
+                if text.strip() and task.row_problem(
+                    {"path": path} | json.loads(text), spec.task, spec.model.path
+                ):
                     return f"{path}, line {number}"
         else:
             import pyarrow as pa
@@ -334,7 +337,7 @@ def locate_row(source: Source, split: str | None, path: str, line: int, task: An
             buffer = pa.BufferReader(raw)
             table = pa.csv.read_csv(buffer) if source.format == "csv" else pa.parquet.read_table(buffer)
             for number, row in enumerate(table.to_pylist(), start=1):
-                if task.row_problem(row, spec.task, spec.model.path):
+                if task.row_problem({"path": path} | row, spec.task, spec.model.path):
                     return f"{path}, row {number}"
     except Exception:  # locating is a courtesy; the problem itself is still reported
         pass
@@ -355,7 +358,18 @@ def _plain(value: Any) -> Any:
 
 
 def _plain_row(row: dict[str, Any]) -> dict[str, Any]:
-    return {k: _plain(v) for k, v in row.items() if k not in ("path", "line")}
+    return {k: _plain(v) for k, v in row.items() if k != "line"}
+
+
+def _bytes_to_json(value: Any) -> Any:
+    """Sample rows travel as JSON; media bytes (audio, images) go as base64."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return {"__bytes__": base64.b64encode(bytes(value)).decode("ascii")}
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _bytes_from_json(value: dict[str, Any]) -> Any:
+    return base64.b64decode(value["__bytes__"]) if set(value) == {"__bytes__"} else value
 
 
 def _augment(batch: dict, task_name: str, task_spec: Any) -> dict:

@@ -54,7 +54,13 @@ def read_rows(data_path: str, split: str = "train") -> Any:
     if source.is_hf:
         return sources.load_hf(source, split)
     builder = {"jsonl": "json", "csv": "csv", "parquet": "parquet"}[source.format]
-    return datasets.load_dataset(builder, data_files=source.file_uris, split="train")
+    parts = []
+    for uri in source.file_uris:  # each row keeps its file: media paths are relative to it
+        part = datasets.load_dataset(builder, data_files=[uri], split="train")
+        if "path" not in part.column_names:
+            part = part.add_column("path", [uri] * len(part))
+        parts.append(part)
+    return datasets.concatenate_datasets(parts)
 
 
 @torch.no_grad()

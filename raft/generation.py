@@ -75,26 +75,25 @@ def generate(
     tokenizer: Any,
     settings: GenerationSpec,
     *,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
     decoder_only: bool,
     synced: bool = False,
+    **inputs: torch.Tensor,
 ) -> list[str]:
     """Generate one continuation per row and decode it (the prompt itself left out).
 
-    ``synced``: every worker calls this at once under ZeRO-3, where each forward pass
-    gathers parameters from all ranks; workers that finish early keep stepping until all
-    are done (transformers' ``synced_gpus``)."""
+    ``inputs``: the model's inputs (``input_ids`` and ``attention_mask`` for text,
+    ``input_features`` for speech) and any model-specific option (Whisper's ``language``). ``synced``: every worker calls this at once under
+    ZeRO-3, where each forward pass gathers parameters from all ranks; workers that finish
+    early keep stepping until all are done (transformers' ``synced_gpus``)."""
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     output = model.generate(
-        input_ids=input_ids.to(device),
-        attention_mask=attention_mask.to(device),
+        **{key: value.to(device) if torch.is_tensor(value) else value for key, value in inputs.items()},
         pad_token_id=pad,
         eos_token_id=tokenizer.eos_token_id,
         synced_gpus=synced,
         **settings.generate_kwargs(),
     )
     if decoder_only:
-        output = output[:, input_ids.shape[1] :]
+        output = output[:, inputs["input_ids"].shape[1] :]
     return [text.strip() for text in tokenizer.batch_decode(output, skip_special_tokens=True)]

@@ -233,6 +233,12 @@ def cross_section_problems(spec: Any) -> list[str]:
     reason = registry.unsupported_reason(spec.technique.type, task)
     if reason:
         problems.append(f"technique.type: {spec.technique.type} cannot train {task.name}: {reason}")
+    unknown_parts = [p for p in getattr(spec.technique, "parts", []) if p not in task.model_parts]
+    if unknown_parts:
+        known = ", ".join(sorted(task.model_parts)) or "none"
+        problems.append(
+            f"technique.parts: {unknown_parts} are not parts of a {task.name} model (it has: {known})"
+        )
     if spec.output.merge_adapter and not type(spec.technique).mergeable:
         problems.append(f"output.merge_adapter: technique {spec.technique.type} has no adapter to merge")
     if spec.train.precision in ("bf16", "fp16") and not spec.scaling.use_gpu:

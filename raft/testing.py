@@ -279,3 +279,70 @@ def write_toy_image_folder(root: str | Path, count: int, seed: int = 0) -> Path:
         (root / kind).mkdir(parents=True, exist_ok=True)
         toy_image(kind, rng).save(root / kind / f"{i:05d}.png")
     return root
+
+
+# -- speech: a tiny Whisper and toy "spoken" clips ------------------------------------------
+# Each toy word is a tone; a clip says one to three words, with short pauses between them.
+TOY_TONES = {"low": 300.0, "mid": 700.0, "high": 1500.0, "top": 3000.0}
+TOY_SPEECH_RATES = (16000, 8000, 22050)  # files at several rates: raft resamples to 16 kHz
+
+
+def make_tiny_speech_model(directory: str | Path, **overrides) -> Path:
+    """Save a tiny Whisper (1 s window), its log-mel feature extractor and a byte-level
+    tokenizer that knows the toy words."""
+    import torch
+    from transformers import AutoModelForSpeechSeq2Seq, WhisperFeatureExtractor
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    words = list(TOY_TONES)
+    tokenizer = make_byte_tokenizer([" ".join(words), *(f" {w}" for w in words), *words], vocab_size=300)
+    config = registry.get_task("speech_recognition").tiny_config(
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.bos_token_id,
+        **overrides,
+    )
+    torch.manual_seed(0)
+    AutoModelForSpeechSeq2Seq.from_config(config).save_pretrained(directory, safe_serialization=True)
+    tokenizer.save_pretrained(directory)
+    window = config.max_source_positions * 2 // 100  # seconds at a 10 ms hop
+    WhisperFeatureExtractor(
+        feature_size=config.num_mel_bins, sampling_rate=16000, hop_length=160, chunk_length=window, n_fft=400
+    ).save_pretrained(directory)
+    return directory
+
+
+def toy_clip(words: list[str], rate: int = 16000, rng: random.Random | None = None):
+    """float32 samples of ``words`` as tones of 0.22-0.26 s each, with pauses and noise."""
+    import numpy as np
+
+    rng = rng or random.Random(0)
+    parts = []
+    for word in words:
+        t = np.arange(int(rng.uniform(0.22, 0.26) * rate)) / rate
+        parts.append(0.5 * np.sin(2 * np.pi * TOY_TONES[word] * t + rng.uniform(0, 6.28)))
+        parts.append(np.zeros(int(0.03 * rate)))
+    samples = np.concatenate(parts)
+    noise = np.random.default_rng(rng.randrange(1 << 30)).normal(0, 0.01, samples.shape)
+    return (samples + noise).astype(np.float32)
+
+
+def write_toy_speech(root: str | Path, count: int, seed: int = 0, name: str = "data.jsonl") -> Path:
+    """``root/clips/<n>.wav|flac`` (mixed rates and formats) and ``root/<name>``, a jsonl
+    of {"audio": relative path, "text": transcript}."""
+    import soundfile
+
+    rng = random.Random(seed)
+    root = Path(root)
+    (root / "clips").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(count):
+        words = [rng.choice(list(TOY_TONES)) for _ in range(rng.randint(1, 3))]
+        rate = TOY_SPEECH_RATES[i % len(TOY_SPEECH_RATES)]
+        relative = f"clips/{seed}-{i:05d}.{'flac' if i % 2 else 'wav'}"
+        soundfile.write(root / relative, toy_clip(words, rate, rng), rate)
+        rows.append({"audio": relative, "text": " ".join(words)})
+    return write_jsonl(rows, root / name)

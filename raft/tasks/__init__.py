@@ -5,5 +5,6 @@ from raft.tasks import (  # noqa: F401
     image_classification,
     seq2seq,
     sequence_classification,
+    speech_recognition,
     token_classification,
 )

@@ -76,16 +76,20 @@ class Task(ABC):
         """Random training-time changes to preprocessed features (fresh draws each epoch)."""
         return batch
 
-    # The transformers class that turns raw inputs into model inputs for this family.
+    # The transformers class that turns raw inputs into model inputs for this family, and
+    # any more it needs (speech and image-text models also carry a tokenizer).
     preprocessor_class: ClassVar[str] = "AutoTokenizer"
+    extra_preprocessors: ClassVar[tuple[str, ...]] = ()
+    # Named parts of the model (glob patterns over parameter names) that
+    # ``technique: {type: freeze, parts: [...]}`` can freeze, e.g. CLIP's vision tower.
+    model_parts: ClassVar[dict[str, list[str]]] = {}
 
     def save_preprocessor(self, model_path: str, destination: Any) -> None:
         """Copy the model's tokenizer (or image processor...) into an export folder."""
         import transformers
 
-        getattr(transformers, self.preprocessor_class).from_pretrained(model_path).save_pretrained(
-            destination
-        )
+        for name in (self.preprocessor_class, *self.extra_preprocessors):
+            getattr(transformers, name).from_pretrained(model_path).save_pretrained(destination)
 
     def check_model(self, spec: Any, model_path: str) -> None:
         """Refuse a model folder this family cannot use (ValueError), before any Ray work."""

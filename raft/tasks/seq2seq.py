@@ -46,6 +46,7 @@ class Seq2Seq(Task):
     auto_class = "AutoModelForSeq2SeqLM"
     peft_task_type = "SEQ_2_SEQ_LM"
     primary_metric = "rougeL"
+    model_parts = {"encoder": ["*encoder.*"], "decoder": ["*decoder.*", "lm_head.*"]}
 
     def required_columns(self, spec: Seq2SeqSpec) -> list[str]:
         return [spec.source_column, spec.target_column]

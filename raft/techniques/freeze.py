@@ -28,18 +28,30 @@ class FreezeSpec(TechniqueSpec):
         description="Also freeze parameters whose names match any of these glob patterns, "
         "e.g. 'bert.encoder.layer.*.attention.*'.",
     )
+    parts: list[str] = Field(
+        default_factory=list,
+        description="Also freeze these named parts of the model: 'vision' or 'text' (the "
+        "towers of an image-text model), 'encoder' or 'decoder' (speech and seq2seq models).",
+    )
 
     @model_validator(mode="after")
     def _freezes_something(self) -> FreezeSpec:
-        if not self.embeddings and self.lowest_layers == 0 and not self.patterns:
+        if not self.embeddings and self.lowest_layers == 0 and not self.patterns and not self.parts:
             raise ValueError(
-                "freeze freezes nothing: set embeddings, lowest_layers or patterns (or use 'full')"
+                "freeze freezes nothing: set embeddings, lowest_layers, patterns or parts (or use 'full')"
             )
         return self
 
 
-def frozen_parameter_names(model: torch.nn.Module, spec: FreezeSpec) -> set[str]:
-    """Names of the parameters ``spec`` freezes (pure; used by apply and by tests)."""
+def frozen_parameter_names(model: torch.nn.Module, spec: FreezeSpec, task: Task | None = None) -> set[str]:
+    """Names of the parameters ``spec`` freezes (pure; used by apply and by tests).
+    ``parts`` are looked up in ``task.model_parts``."""
+    patterns = list(spec.patterns)
+    for part in spec.parts:
+        known = getattr(task, "model_parts", {})
+        if part not in known:
+            raise ValueError(f"technique.parts: {part!r} is not a part of this model; known: {sorted(known)}")
+        patterns += known[part]
     embedding_ids: set[int] = set()
     get_embeddings = getattr(model, "get_input_embeddings", None)
     if spec.embeddings and get_embeddings is not None and get_embeddings() is not None:
@@ -50,7 +62,7 @@ def frozen_parameter_names(model: torch.nn.Module, spec: FreezeSpec) -> set[str]
         if (
             (spec.embeddings and (id(parameter) in embedding_ids or ".embeddings." in f".{name}"))
             or (match is not None and int(match.group(1)) < spec.lowest_layers)
-            or any(fnmatch.fnmatchcase(name, pattern) for pattern in spec.patterns)
+            or any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
         ):
             frozen.add(name)
     return frozen
@@ -58,7 +70,7 @@ def frozen_parameter_names(model: torch.nn.Module, spec: FreezeSpec) -> set[str]
 
 @register_technique(FreezeSpec)
 def apply(model: torch.nn.Module, spec: FreezeSpec, task: Task) -> torch.nn.Module:
-    frozen = frozen_parameter_names(model, spec)
+    frozen = frozen_parameter_names(model, spec, task)
     for name, parameter in model.named_parameters():
         parameter.requires_grad_(name not in frozen)
     if not any(p.requires_grad for p in model.parameters()):
