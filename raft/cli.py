@@ -262,19 +262,34 @@ def spec_reference() -> None:
 
 @main.command("list")
 def list_matrix() -> None:
-    """Print which techniques each task family supports."""
+    """Print which techniques each task family supports, and why not where not."""
     techniques = sorted(registry.techniques())
-    rows = []
+    rows, notes = [], []
     for name, task in sorted(registry.tasks().items()):
         cells = []
         for technique in techniques:
             reason = registry.unsupported_reason(technique, task)
-            cells.append("yes" if reason is None else f"no ({reason})")
+            if reason is None:
+                cells.append("yes")
+            else:
+                notes.append(f"[{len(notes) + 1}] {name} × {technique}: {reason}")
+                cells.append(f"no [{len(notes)}]")
         rows.append((name, cells))
     width = max(len(name) for name, _ in rows) + 2
-    click.echo("family".ljust(width) + "".join(t.ljust(16) for t in techniques))
+    widths = [max(len(t), 6) + 2 for t in techniques]
+    click.echo(
+        (
+            "family".ljust(width) + "".join(t.ljust(w) for t, w in zip(techniques, widths, strict=True))
+        ).rstrip()
+    )
     for name, cells in rows:
-        click.echo(name.ljust(width) + "".join(c.ljust(16) for c in cells))
+        click.echo(
+            name.ljust(width) + "".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+        )
+    if notes:
+        click.echo("")
+        for note in notes:
+            click.echo(note)
 
 
 if __name__ == "__main__":

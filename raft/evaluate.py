@@ -90,9 +90,9 @@ def evaluate_model(model_dir: str | Path, data_path: str, batch_size: int = 64) 
         except ValueError as error:
             raise DataError(f"--data {data_path!r}, rows {start + 1}-{start + batch_size}: {error}") from None
         tensors = task.collate(features)
-        outputs = model(**tensors)
+        outputs = model(**task.model_inputs(tensors))
         loss_sum += float(outputs.loss) * len(chunk[next(iter(chunk))])
-        stats = stats + task.eval_stats(outputs, tensors, labels, context)
-    metrics = {f"val_{k}": v for k, v in task.metrics(stats, labels).items()}
+        stats = task.combine_stats(stats, task.eval_stats(outputs, tensors, labels, context))
+    metrics = {f"val_{k}": v for k, v in task.metrics_for(stats, labels, spec.task).items()}
     metrics.setdefault("val_loss", loss_sum / len(rows))
     return {"rows": len(rows), **metrics}

@@ -111,9 +111,12 @@ CHAT_TEMPLATE = (
 BYTE_SPECIALS = ["<pad>", "<s>", "</s>", "<unk>", "<|system|>", "<|user|>", "<|assistant|>"]
 
 
-def make_byte_tokenizer(corpus: list[str] | None = None, vocab_size: int = 700):
+def make_byte_tokenizer(
+    corpus: list[str] | None = None, vocab_size: int = 700, specials: list[str] | None = None
+):
     """A byte-level BPE tokenizer (GPT-2/Llama style) trained on ``corpus`` (default: the
-    toy vocabulary), with pad/bos/eos tokens and a small chat template."""
+    toy vocabulary), with pad/bos/eos tokens and a small chat template. ``specials``
+    reorders the special tokens (their ids are their positions)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -126,7 +129,7 @@ def make_byte_tokenizer(corpus: list[str] | None = None, vocab_size: int = 700):
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=BYTE_SPECIALS,
+        special_tokens=specials or BYTE_SPECIALS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -330,19 +333,115 @@ def toy_clip(words: list[str], rate: int = 16000, rng: random.Random | None = No
     return (samples + noise).astype(np.float32)
 
 
-def write_toy_speech(root: str | Path, count: int, seed: int = 0, name: str = "data.jsonl") -> Path:
-    """``root/clips/<n>.wav|flac`` (mixed rates and formats) and ``root/<name>``, a jsonl
-    of {"audio": relative path, "text": transcript}."""
+def toy_speech_rows(count: int, seed: int = 0) -> list[dict]:
+    """Rows {"audio": encoded clip, "text": transcript}: wav and flac in turn, at 16, 8 and
+    22.05 kHz in turn."""
+    import io
+
     import soundfile
 
     rng = random.Random(seed)
-    root = Path(root)
-    (root / "clips").mkdir(parents=True, exist_ok=True)
     rows = []
     for i in range(count):
         words = [rng.choice(list(TOY_TONES)) for _ in range(rng.randint(1, 3))]
         rate = TOY_SPEECH_RATES[i % len(TOY_SPEECH_RATES)]
+        buffer = io.BytesIO()
+        soundfile.write(buffer, toy_clip(words, rate, rng), rate, format="FLAC" if i % 2 else "WAV")
+        rows.append({"audio": buffer.getvalue(), "text": " ".join(words)})
+    return rows
+
+
+def write_toy_speech(root: str | Path, count: int, seed: int = 0, name: str = "data.jsonl") -> Path:
+    """``root/clips/<n>.wav|flac`` (``toy_speech_rows``) and ``root/<name>``, a jsonl of
+    {"audio": relative path, "text": transcript}."""
+    root = Path(root)
+    (root / "clips").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, row in enumerate(toy_speech_rows(count, seed)):
         relative = f"clips/{seed}-{i:05d}.{'flac' if i % 2 else 'wav'}"
-        soundfile.write(root / relative, toy_clip(words, rate, rng), rate)
-        rows.append({"audio": relative, "text": " ".join(words)})
+        (root / relative).write_bytes(row["audio"])
+        rows.append({"audio": relative, "text": row["text"]})
+    return write_jsonl(rows, root / name)
+
+
+# -- image-text: a tiny CLIP and captioned toy images ----------------------------------------
+TOY_COLORS = {
+    "red": (0.9, 0.15, 0.15),
+    "green": (0.15, 0.8, 0.2),
+    "blue": (0.2, 0.3, 0.9),
+    "yellow": (0.9, 0.85, 0.2),
+}
+TOY_CAPTIONS = ("a photo of {} stripes", "{} lines", "a picture with {} bands")
+# CLIP pools its text tower at the EOS token; an EOS id of 2 would select CLIP's legacy
+# pooling (at the highest token id), so the tiny CLIP tokenizer puts EOS at id 3.
+CLIP_SPECIALS = ["<pad>", "<s>", "<unk>", "</s>", *BYTE_SPECIALS[4:]]
+
+
+def make_tiny_clip_model(directory: str | Path, **overrides) -> Path:
+    """Save a tiny CLIP (two 2-layer towers, 32×32 images), its image processor and a
+    byte-level tokenizer that knows the toy caption words."""
+    import torch
+    from transformers import AutoModel, CLIPImageProcessorPil
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    words = [w for t in TOY_CAPTIONS for w in t.replace("{}", "").split()] + list(TOY_COLORS)
+    words += list(TOY_IMAGE_CLASSES)
+    corpus = [" ".join(words), *(f" {w}" for w in words), *words]
+    tokenizer = make_byte_tokenizer(corpus, vocab_size=300, specials=CLIP_SPECIALS)
+    config = registry.get_task("image_text").tiny_config(
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        **overrides,
+    )
+    torch.manual_seed(0)
+    AutoModel.from_config(config).save_pretrained(directory, safe_serialization=True)
+    tokenizer.save_pretrained(directory)
+    size = config.vision_config.image_size
+    CLIPImageProcessorPil(
+        size={"shortest_edge": size}, crop_size={"height": size, "width": size}
+    ).save_pretrained(directory)
+    return directory
+
+
+def toy_captioned_image(color: str, direction: str, rng: random.Random):
+    """Noisy stripes (``direction``) tinted ``color``."""
+    import numpy as np
+    from PIL import Image
+
+    gray = np.asarray(toy_image(direction, rng), dtype=np.float32).mean(axis=-1, keepdims=True) / 255
+    tint = np.array(TOY_COLORS[color]) * rng.uniform(0.8, 1.0)
+    return Image.fromarray((np.clip(gray * tint * 1.6, 0, 1) * 255).astype(np.uint8), mode="RGB")
+
+
+def toy_caption_rows(count: int, seed: int = 0) -> list[dict]:
+    """Rows {"image": PNG bytes, "caption", "label": "<color> <direction>"}; the caption
+    names the label in one of three phrasings."""
+    import io
+
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(count):
+        color, direction = rng.choice(list(TOY_COLORS)), rng.choice(TOY_IMAGE_CLASSES)
+        buffer = io.BytesIO()
+        toy_captioned_image(color, direction, rng).save(buffer, format="PNG")
+        label = f"{color} {direction}"
+        rows.append(
+            {"image": buffer.getvalue(), "caption": rng.choice(TOY_CAPTIONS).format(label), "label": label}
+        )
+    return rows
+
+
+def write_toy_captions(root: str | Path, count: int, seed: int = 0, name: str = "data.jsonl") -> Path:
+    """``root/images/<n>.png`` and ``root/<name>``: a jsonl of {"image": relative path,
+    "caption", "label"}."""
+    root = Path(root)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, row in enumerate(toy_caption_rows(count, seed)):
+        relative = f"images/{seed}-{i:05d}.png"
+        (root / relative).write_bytes(row.pop("image"))
+        rows.append({"image": relative, **row})
     return write_jsonl(rows, root / name)

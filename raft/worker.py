@@ -202,6 +202,7 @@ def _deepspeed_engine(model: torch.nn.Module, spec: Any, task: Any, ds_config: d
             num_training_steps=steps,
         )
 
+    scalars = _lift_scalar_parameters(model)
     model = _data_parallel(model, spec, task)
     optimizer = None
     if uses_client_optimizer(ds_config):
@@ -218,7 +219,20 @@ def _deepspeed_engine(model: torch.nn.Module, spec: Any, task: Any, ds_config: d
     )
     if isinstance(model, torch.nn.parallel.DistributedDataParallel):
         engine.enable_backward_allreduce = False  # DDP's reducer has already averaged them
+    engine.raft_scalar_parameters = scalars
     return engine
+
+
+def _lift_scalar_parameters(model: torch.nn.Module) -> frozenset[str]:
+    """Give 0-dim parameters (CLIP's ``logit_scale``) shape [1]: DeepSpeed's initial
+    broadcast views every parameter as bytes, which a 0-dim tensor cannot be. Broadcasting
+    makes [1] act like a scalar in the forward pass; saves put the shape back."""
+    names = set()
+    for name, parameter in model.named_parameters():
+        if parameter.dim() == 0:
+            parameter.data = parameter.data.reshape(1)
+            names.add(name)
+    return frozenset(names)
 
 
 def _data_parallel(model: torch.nn.Module, spec: Any, task: Any) -> torch.nn.Module:
@@ -294,6 +308,9 @@ def _save_hf_model(engine: Any, directory: str, rank: int) -> None:
         state_dict = engine._zero3_consolidated_16bit_state_dict()  # collective: all ranks
     else:
         state_dict = _hf_model(engine).state_dict() if rank == 0 else None
+    scalars = getattr(engine, "raft_scalar_parameters", frozenset())
+    if state_dict is not None and scalars:
+        state_dict = {k: v.reshape(()) if k in scalars else v for k, v in state_dict.items()}
     if rank == 0:
         _hf_model(engine).save_pretrained(directory, state_dict=state_dict, safe_serialization=True)
 
@@ -322,7 +339,7 @@ def _train_one_epoch(
     for index, batch in enumerate(_batches(shard, task, spec, device, training=True)):
         if index < skip:  # resuming mid-epoch: these batches were trained before the restart
             continue
-        loss = engine(**batch).loss
+        loss = engine(**task.model_inputs(batch)).loss
         _backward(engine, loss)
         engine.step()
         size = _rows(batch)
@@ -394,13 +411,20 @@ def _evaluate(
     )
     loss_sum, rows, stats = 0.0, 0, task.empty_stats(labels)
     for batch in _batches(shard, task, spec, device):
-        outputs = engine(**batch)
+        outputs = engine(**task.model_inputs(batch))
         size = _rows(batch)
         loss_sum += float(outputs.loss) * size
         rows += size
-        stats = stats + task.eval_stats(outputs, batch, labels, context)
+        stats = task.combine_stats(stats, task.eval_stats(outputs, batch, labels, context))
     generations = task.sample_generations(samples or [], context)
     engine.train()
+    if task.row_stats:  # per-row statistics (embeddings): every worker's rows, in rank order
+        if dist.is_initialized():
+            gathered: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, stats)
+            parts = [part for part in gathered if len(part)]  # a worker may have had no rows
+            stats = np.concatenate(parts) if parts else stats
+        per_row, stats = stats, np.zeros(0)
     # One all-reduce of [loss_sum, rows, stats...]: sums over workers are exact.
     packed = torch.tensor(
         np.concatenate([[loss_sum, rows], stats.ravel()]), dtype=torch.float64, device=device
@@ -409,10 +433,15 @@ def _evaluate(
         dist.all_reduce(packed)
     packed = packed.cpu().numpy()
     total_rows = int(packed[1])
-    summed = packed[2:].reshape(stats.shape)
-    if np.issubdtype(stats.dtype, np.integer):
-        summed = summed.round().astype(stats.dtype)
-    metrics: dict[str, Any] = {f"val_{key}": value for key, value in task.metrics(summed, labels).items()}
+    if task.row_stats:
+        summed = per_row
+    else:
+        summed = packed[2:].reshape(stats.shape)
+        if np.issubdtype(stats.dtype, np.integer):
+            summed = summed.round().astype(stats.dtype)
+    metrics: dict[str, Any] = {
+        f"val_{key}": value for key, value in task.metrics_for(summed, labels, spec.task).items()
+    }
     if "val_loss" not in metrics:  # families that weight the loss by token report their own
         metrics["val_loss"] = float(packed[0] / total_rows) if total_rows else float("nan")
     metrics["val_rows"] = total_rows

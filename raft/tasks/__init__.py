@@ -3,6 +3,7 @@
 from raft.tasks import (  # noqa: F401
     causal_lm,
     image_classification,
+    image_text,
     seq2seq,
     sequence_classification,
     speech_recognition,

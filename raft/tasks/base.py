@@ -48,6 +48,9 @@ class Task(ABC):
     has_unused_parameters: ClassVar[bool] = False
     # Techniques this family cannot take, each with the reason shown at validation.
     unsupported_techniques: ClassVar[dict[str, str]] = {}
+    # True when eval_stats returns one row per example (e.g. embeddings for retrieval) that
+    # are concatenated over batches and gathered from every worker, instead of summed.
+    row_stats: ClassVar[bool] = False
 
     # -- data ---------------------------------------------------------------------
     @abstractmethod
@@ -105,6 +108,11 @@ class Task(ABC):
     def collate(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
         """Feature batch → tensors for one forward pass."""
 
+    def model_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """The keyword arguments of the model's forward pass (that returns the loss) for a
+        collated batch; a family may keep evaluation-only columns out of it."""
+        return batch
+
     # -- model --------------------------------------------------------------------
     @abstractmethod
     def build_model(
@@ -150,7 +158,18 @@ class Task(ABC):
         return guesses
 
     def ia3_targets(self, model: torch.nn.Module) -> tuple[list[str], list[str]] | None:
-        """Default IA3 (target, feed-forward) modules where peft's table has none."""
+        """Default IA3 (target, feed-forward) modules where peft's table has none (ViT,
+        Whisper and CLIP in transformers 5): keys, values and the second MLP layer, found by
+        name. None leaves the choice to peft's table."""
+        from peft.utils.constants import TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING
+
+        if getattr(model.config, "model_type", None) in TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING:
+            return None
+        names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+        if {"k_proj", "v_proj", "fc2"} <= names:
+            return ["k_proj", "v_proj", "fc2"], ["fc2"]
+        if {"key", "value", "dense"} <= names:  # BERT-style naming
+            return ["key", "value", "output.dense"], ["output.dense"]
         return None
 
     # -- evaluation ---------------------------------------------------------------
@@ -173,6 +192,17 @@ class Task(ABC):
     def metrics(self, stats: np.ndarray, labels: LabelMap | None) -> dict[str, float]:
         """Metrics from summed statistics. A ``loss`` entry replaces the row-weighted mean
         of the batch losses (generative families weight by token instead)."""
+
+    def metrics_for(self, stats: np.ndarray, labels: LabelMap | None, spec: Any) -> dict[str, float]:
+        """``metrics`` where they depend on the task spec (image-text's recall@k)."""
+        return self.metrics(stats, labels)
+
+    def combine_stats(self, total: np.ndarray, batch: np.ndarray) -> np.ndarray:
+        """Fold one batch's statistics into the running total: a sum, or for ``row_stats``
+        families a concatenation of per-row statistics."""
+        if self.row_stats:
+            return batch if len(total) == 0 else np.concatenate([total, batch])
+        return total + batch
 
     def sample_generations(self, rows: list[dict[str, Any]], context: EvalContext) -> list[dict[str, str]]:
         """For generative families: {prompt, output, reference} for a few validation rows,

@@ -156,14 +156,6 @@ class ImageClassification(Task):
                 return pair
         return super().lora_targets(model)
 
-    def ia3_targets(self, model: torch.nn.Module) -> tuple[list[str], list[str]] | None:
-        names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
-        if {"k_proj", "v_proj", "fc2"} <= names:  # ViT/DeiT blocks in transformers 5
-            return ["k_proj", "v_proj", "fc2"], ["fc2"]
-        if {"key", "value", "dense"} <= names:  # the older BERT-style naming
-            return ["key", "value", "output.dense"], ["output.dense"]
-        return None
-
     def tiny_config(self, **overrides: Any) -> Any:
         from transformers import ViTConfig
 

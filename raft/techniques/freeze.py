@@ -54,8 +54,12 @@ def frozen_parameter_names(model: torch.nn.Module, spec: FreezeSpec, task: Task 
         patterns += known[part]
     embedding_ids: set[int] = set()
     get_embeddings = getattr(model, "get_input_embeddings", None)
-    if spec.embeddings and get_embeddings is not None and get_embeddings() is not None:
-        embedding_ids = {id(p) for p in get_embeddings().parameters()}
+    try:  # two-tower models (CLIP) have no single input embedding
+        embeddings = get_embeddings() if spec.embeddings and get_embeddings is not None else None
+    except NotImplementedError:
+        embeddings = None
+    if embeddings is not None:
+        embedding_ids = {id(p) for p in embeddings.parameters()}
     frozen = set()
     for name, parameter in model.named_parameters():
         match = _LAYER_INDEX.search(name)

@@ -18,11 +18,25 @@ import sys
 import pytest
 
 from raft import registry
-from raft.testing import make_tiny_generative_model, make_tiny_model, make_tiny_vision_model
+from raft.testing import (
+    make_tiny_clip_model,
+    make_tiny_generative_model,
+    make_tiny_model,
+    make_tiny_speech_model,
+    make_tiny_vision_model,
+)
 
 pytestmark = pytest.mark.slow
 
-FAMILIES = ["sequence_classification", "token_classification", "causal_lm", "seq2seq", "image_classification"]
+FAMILIES = [
+    "sequence_classification",
+    "token_classification",
+    "causal_lm",
+    "seq2seq",
+    "image_classification",
+    "speech_recognition",
+    "image_text",
+]
 TECHNIQUES = {
     "full": {"type": "full"},
     "freeze": {"type": "freeze", "embeddings": True, "lowest_layers": 1},
@@ -42,6 +56,8 @@ TASKS = {
     "causal_lm": {"type": "causal_lm", "format": "prompt_completion", "max_length": 32},
     "seq2seq": {"type": "seq2seq", "max_source_length": 16, "max_target_length": 16},
     "image_classification": {"type": "image_classification"},
+    "speech_recognition": {"type": "speech_recognition", "max_target_length": 8},
+    "image_text": {"type": "image_text", "max_length": 16},
 }
 
 
@@ -81,6 +97,8 @@ def toy_batches(family: str, spec, model_path: str, labels, seed: int, count: in
         "token_classification": (testing.toy_ner_rows, ("tokens", "tags")),
         "causal_lm": (testing.toy_sft_rows, ("prompt", "completion")),
         "seq2seq": (testing.toy_translation_rows, ("source", "target")),
+        "speech_recognition": (testing.toy_speech_rows, ("audio", "text")),
+        "image_text": (testing.toy_caption_rows, ("image", "caption")),
     }[family]
     rows = rows(8 * count, seed=seed)
     for i in range(count):
@@ -130,7 +148,7 @@ def matrix_loop(config: dict) -> dict:
         before = {n: p.detach().clone() for n, p in module.named_parameters()}
         losses = []
         for batch in toy_batches(family, spec, model_path, labels, seed=rank):
-            loss = engine(**batch).loss
+            loss = engine(**task.model_inputs(batch)).loss
             worker._backward(engine, loss)
             engine.step()
             losses.append(float(loss))
@@ -161,17 +179,22 @@ for job in json.loads(sys.argv[1]):
         model = PeftModel.from_pretrained(auto.from_pretrained(job["base"], **extra), folder)
     else:
         model = auto.from_pretrained(folder)
-    if job["vision"]:
+    kind, encoded = job["kind"], {}
+    if kind in ("vision", "image_text"):
         from PIL import Image
         image = Image.new("RGB", (24, 24), (200, 30, 30))
-        encoded = transformers.AutoImageProcessor.from_pretrained(job["base"], backend="pil")(images=[image], return_tensors="pt")
-    else:
-        encoded = transformers.AutoTokenizer.from_pretrained(job["base"])(["good movie"], return_tensors="pt")
+        encoded = dict(transformers.AutoImageProcessor.from_pretrained(job["base"])(images=[image], return_tensors="pt"))
+    if kind not in ("vision", "speech_recognition"):
+        encoded.update(transformers.AutoTokenizer.from_pretrained(job["base"])(["good movie"], return_tensors="pt"))
         encoded.pop("token_type_ids", None)
-    if job["seq2seq"]:
-        encoded["decoder_input_ids"] = torch.zeros((1, 1), dtype=torch.long)
+    if kind == "speech_recognition":
+        extractor = transformers.AutoFeatureExtractor.from_pretrained(job["base"])
+        encoded = dict(extractor([0.1] * 8000, sampling_rate=16000, return_tensors="pt"))
+    if kind in ("seq2seq", "speech_recognition"):
+        encoded["decoder_input_ids"] = torch.ones((1, 1), dtype=torch.long)
     with torch.no_grad():
-        logits = model.eval()(**encoded).logits
+        outputs = model.eval()(**encoded)
+    logits = outputs.logits_per_image if kind == "image_text" else outputs.logits
     report[job["key"]] = bool(torch.isfinite(logits).all())
 print(json.dumps({"report": report, "raft": sorted(m for m in sys.modules if m.split(".")[0] == "raft")}))
 """
@@ -188,10 +211,13 @@ def test_every_supported_pair_trains_under_zero2_on_two_workers(tmp_path):
         "causal_lm": str(make_tiny_generative_model(tmp_path / "llama", "causal_lm")),
         "seq2seq": str(make_tiny_generative_model(tmp_path / "t5", "seq2seq")),
         "image_classification": str(make_tiny_vision_model(tmp_path / "vit")),
+        "speech_recognition": str(make_tiny_speech_model(tmp_path / "whisper")),
+        "image_text": str(make_tiny_clip_model(tmp_path / "clip")),
     }
     pairs = supported_pairs()
-    # 5 families × 6 techniques, less the refused: NER prompt tuning, vision prompt/prefix tuning.
-    assert len(pairs) == 27
+    # 7 families × 6 techniques, less the refused: NER prompt tuning, and prompt/prefix
+    # tuning on the vision, speech and image-text families.
+    assert len(pairs) == 35
     result = TorchTrainer(
         matrix_loop,
         train_loop_config={"pairs": pairs, "models": models, "out": str(tmp_path / "out")},
@@ -213,8 +239,7 @@ def test_every_supported_pair_trains_under_zero2_on_two_workers(tmp_path):
             "base": models[family],
             "auto": registry.get_task(family).auto_class,
             "num_labels": len(LABELS.get(family, [])),
-            "seq2seq": family == "seq2seq",
-            "vision": family == "image_classification",
+            "kind": {"seq2seq": "seq2seq", "image_classification": "vision"}.get(family, family),
         }
         for family, name in pairs
     ]

@@ -95,12 +95,21 @@ def test_finished_run_is_not_overwritten(write_spec, tmp_path):
 def test_list_prints_the_matrix():
     result = run("list")
     assert result.exit_code == 0
-    header, *rows = result.output.splitlines()
+    table, notes = result.output.split("\n\n")
+    header, *rows = table.splitlines()
     techniques = ("freeze", "full", "ia3", "lora", "prefix_tuning", "prompt_tuning")
     assert header.split()[1:] == list(techniques)
-    by_family = {row.split()[0]: row for row in rows}
-    assert by_family["sequence_classification"].count("yes") == len(techniques)
-    ner = by_family["token_classification"]
-    assert ner.count("yes") == len(techniques) - 1 and "no (peft's prompt tuning prepends" in ner
+    by_family = {row.split()[0]: row.split()[1:] for row in rows}
+    assert len(by_family) == 7  # every family in raft's scope
+    assert by_family["sequence_classification"] == ["yes"] * len(techniques)
     for generative in ("causal_lm", "seq2seq"):
-        assert by_family[generative].count("yes") == len(techniques), by_family[generative]
+        assert by_family[generative] == ["yes"] * len(techniques), by_family[generative]
+    # A refused pair shows "no [n]" and footnote n gives the reason.
+    cells = " ".join(by_family["token_classification"]).replace("no [", "no[").split()
+    ner = dict(zip(techniques, cells, strict=True))
+    number = ner["prompt_tuning"].removeprefix("no[").rstrip("]")
+    footnotes = {line.split("]")[0].lstrip("["): line for line in notes.splitlines()}
+    assert "token_classification × prompt_tuning: peft's prompt tuning prepends" in footnotes[number]
+    for family in ("image_classification", "speech_recognition", "image_text"):
+        cells = " ".join(by_family[family])
+        assert cells.startswith("yes yes yes yes no [") and cells.count("no [") == 2, cells

@@ -1,0 +1,282 @@
+"""Image-text contrastive fine-tuning (CLIP style: ``CLIPModel`` through ``AutoModel``).
+
+Rows pair an image (bytes, or a path relative to the data file) with its caption. Inside
+Ray Data the image goes through the model's image processor (Pillow backend) and the
+caption through its tokenizer. Training uses the model's own symmetric contrastive loss
+(``return_loss=True``): each caption's negatives are the other captions of the same batch
+on that worker. Either tower can be frozen (``technique: {type: freeze, parts: [vision]}``).
+
+Validation keeps every row's normalized image and text embedding and, after gathering them
+from all workers, scores retrieval over the whole validation set: image→text and
+text→image recall@k. A caption's rank counts only the captions scored strictly higher, so
+identical captions (which embed identically) do not count against each other. With a
+``label_column``, each image is also classified zero-shot against ``class_prompt`` filled
+with every class name, and the accuracy is reported.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import Field, PositiveInt, field_validator
+
+from raft.labels import LabelMap
+from raft.registry import TaskSpec, register_task
+from raft.tasks.base import EvalContext, Task, load_tokenizer
+from raft.tasks.causal_lm import _text_problem
+from raft.tasks.image_classification import _short, load_image_processor, open_image
+
+PROMPT_REASON = (
+    "peft's {kind} needs a task type with token embeddings to prepend to; an image-text "
+    "model has two towers and peft has no task type for it"
+)
+
+
+class ImageTextSpec(TaskSpec):
+    type: Literal["image_text"] = "image_text"
+    image_column: str = Field(
+        "image", description="Column of image bytes or paths (relative to the data file)."
+    )
+    text_column: str = Field("caption", description="Column with each image's caption.")
+    label_column: str | None = Field(
+        None, description="Column with each row's class name: enables zero-shot accuracy on validation."
+    )
+    labels: list[str] | None = Field(
+        None,
+        min_length=2,
+        description="Class names for zero-shot scoring. Default: the sorted classes found.",
+    )
+    class_prompt: str = Field(
+        "a photo of {}.", description="Caption each class name is put into for zero-shot scoring ({} = name)."
+    )
+    max_length: PositiveInt = Field(77, description="Caption tokens kept (CLIP's text tower takes 77).")
+    recall_at: list[PositiveInt] = Field(
+        default_factory=lambda: [1, 5], min_length=1, description="The k of the recall@k metrics."
+    )
+
+    @field_validator("class_prompt")
+    @classmethod
+    def _has_slot(cls, value: str) -> str:
+        if "{}" not in value:
+            raise ValueError("class_prompt needs a {} where the class name goes")
+        return value
+
+
+class ImageText(Task):
+    name = "image_text"
+    spec_class = ImageTextSpec
+    auto_class = "AutoModel"
+    peft_task_type = None  # the adapter wraps the two-tower model as is
+    preprocessor_class = "AutoImageProcessor"
+    extra_preprocessors = ("AutoTokenizer",)
+    primary_metric = "recall_at_1"
+    row_stats = True  # per-row embeddings, gathered from every worker (retrieval needs all)
+    model_parts = {
+        "vision": ["vision_model.*", "visual_projection.*"],
+        "text": ["text_model.*", "text_projection.*"],
+    }
+    unsupported_techniques = {
+        "prompt_tuning": PROMPT_REASON.format(kind="prompt tuning"),
+        "prefix_tuning": PROMPT_REASON.format(kind="prefix tuning"),
+    }
+
+    def required_columns(self, spec: ImageTextSpec) -> list[str]:
+        return [spec.image_column, spec.text_column] + ([spec.label_column] if spec.label_column else [])
+
+    def label_column(self, spec: ImageTextSpec) -> str | None:
+        return spec.label_column
+
+    def row_problem(self, row: dict[str, Any], spec: ImageTextSpec, model_path: str) -> str | None:
+        problem = _text_problem(row.get(spec.text_column), spec.text_column)
+        if problem:
+            return problem
+        if spec.label_column and row.get(spec.label_column) is None:
+            return f"column {spec.label_column!r} is empty"
+        try:
+            open_image(row.get(spec.image_column), row.get("path")).verify()
+        except Exception as error:
+            return f"column {spec.image_column!r}: cannot be read as an image ({_short(error)})"
+        return None
+
+    def preprocess(
+        self, batch: dict[str, np.ndarray], spec: ImageTextSpec, model_path: str, labels: LabelMap | None
+    ) -> dict[str, np.ndarray]:
+        paths = batch.get("path")
+        images = [
+            open_image(value, None if paths is None else paths[i]).convert("RGB")
+            for i, value in enumerate(batch[spec.image_column])
+        ]
+        pixels = load_image_processor(model_path)(images=images, return_tensors="np")["pixel_values"]
+        ids, mask = caption_ids(
+            load_tokenizer(model_path), [str(t) for t in batch[spec.text_column]], spec.max_length
+        )
+        features = {"pixel_values": pixels.astype(np.float32), "input_ids": ids, "attention_mask": mask}
+        if labels is not None and spec.label_column:
+            features["class_ids"] = np.asarray(labels.encode(batch[spec.label_column]), dtype=np.int64)
+        return features
+
+    def collate(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        tensors = {key: torch.from_numpy(np.array(value)) for key, value in batch.items()}
+        longest = int(tensors["attention_mask"].sum(dim=1).max().item()) or 1
+        for key in ("input_ids", "attention_mask"):
+            tensors[key] = tensors[key][:, :longest].contiguous()
+        return tensors
+
+    def model_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+        inputs = {key: value for key, value in batch.items() if key != "class_ids"}
+        return {**inputs, "return_loss": True}
+
+    # -- model ----------------------------------------------------------------------
+    def build_model(
+        self, model_path: str, spec: ImageTextSpec, labels: LabelMap | None, trust_remote_code: bool = False
+    ) -> torch.nn.Module:
+        from transformers import AutoModel
+
+        model = AutoModel.from_pretrained(
+            model_path, trust_remote_code=trust_remote_code, use_safetensors=True
+        )
+        if labels is not None:  # the class names travel in the config, for zero-shot serving
+            model.config.id2label, model.config.label2id = labels.id2label, labels.label2id
+        return model
+
+    def check_model(self, spec: ImageTextSpec, model_path: str) -> None:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(model_path)
+        if getattr(config, "text_config", None) is None or getattr(config, "vision_config", None) is None:
+            raise ValueError(
+                f"task image_text needs a two-tower image-text model (CLIP, SigLIP); {model_path} is a "
+                f"{config.model_type!r} model"
+            )
+        positions = getattr(config.text_config, "max_position_embeddings", None)
+        if positions and spec.max_length > positions:
+            raise ValueError(
+                f"task.max_length {spec.max_length} is longer than the text tower's {positions} positions"
+            )
+
+    # -- evaluation -----------------------------------------------------------------
+    # One row per example: [image embedding (D), text embedding (D), class id, zero-shot class].
+    def empty_stats(self, labels: LabelMap | None) -> np.ndarray:
+        return np.zeros((0, 2), dtype=np.float64)
+
+    def eval_stats(
+        self,
+        outputs: Any,
+        batch: dict[str, torch.Tensor],
+        labels: LabelMap | None,
+        context: EvalContext | None = None,
+    ) -> np.ndarray:
+        images = _unit(outputs.image_embeds.detach()).cpu().double()
+        texts = _unit(outputs.text_embeds.detach()).cpu().double()
+        rows = images.shape[0]
+        gold = batch.get("class_ids")
+        classes = torch.full((rows,), -1.0, dtype=torch.float64)
+        predicted = torch.full((rows,), -1.0, dtype=torch.float64)
+        if gold is not None and labels is not None and context is not None:
+            prompts = class_embeddings(context, labels)
+            classes = gold.cpu().double()
+            predicted = (images @ prompts.T).argmax(dim=-1).double()
+        return torch.cat([images, texts, classes[:, None], predicted[:, None]], dim=1).numpy()
+
+    def metrics(self, stats: np.ndarray, labels: LabelMap | None) -> dict[str, float]:
+        return retrieval_metrics(stats)
+
+    def metrics_for(
+        self, stats: np.ndarray, labels: LabelMap | None, spec: ImageTextSpec
+    ) -> dict[str, float]:
+        return retrieval_metrics(stats, tuple(sorted({1, *spec.recall_at})))
+
+    def tiny_config(self, **overrides: Any) -> Any:
+        from transformers import CLIPConfig
+
+        token_ids = {
+            k: overrides.pop(k)
+            for k in ("vocab_size", "pad_token_id", "bos_token_id", "eos_token_id")
+            if k in overrides
+        }
+        text = dict(
+            vocab_size=512,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=32,
+        )
+        text.update(token_ids)
+        vision = dict(
+            image_size=32,
+            patch_size=8,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+        )
+        settings = dict(text_config=text, vision_config=vision, projection_dim=32)
+        settings.update(overrides)
+        return CLIPConfig(**settings)
+
+
+def caption_ids(tokenizer: Any, captions: list[str], max_length: int) -> tuple[np.ndarray, np.ndarray]:
+    """Right-padded (input_ids, attention_mask), each caption ending with EOS: CLIP's text
+    tower pools at the EOS token, so one is added where the tokenizer does not add it."""
+    eos = tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    ids = np.full((len(captions), max_length), pad, dtype=np.int64)
+    mask = np.zeros((len(captions), max_length), dtype=np.int64)
+    for i, tokens in enumerate(tokenizer(captions)["input_ids"]):
+        tokens = list(tokens)
+        if eos is not None and (not tokens or tokens[-1] != eos):
+            tokens.append(eos)
+        if len(tokens) > max_length:
+            tokens = tokens[: max_length - 1] + tokens[-1:]
+        ids[i, : len(tokens)] = tokens
+        mask[i, : len(tokens)] = 1
+    return ids, mask
+
+
+def class_embeddings(context: EvalContext, labels: LabelMap) -> torch.Tensor:
+    """Unit text embeddings of ``class_prompt`` filled with each class name, in id order."""
+    spec: ImageTextSpec = context.spec
+    prompts = [spec.class_prompt.format(name) for name in labels.names]
+    ids, mask = caption_ids(load_tokenizer(context.model_path), prompts, spec.max_length)
+    device = next(context.model.parameters()).device
+    with torch.no_grad():
+        features = context.model.get_text_features(
+            input_ids=torch.from_numpy(ids).to(device), attention_mask=torch.from_numpy(mask).to(device)
+        )
+    features = getattr(features, "pooler_output", features)  # transformers 5 returns an output object
+    return _unit(features).cpu().double()
+
+
+def retrieval_metrics(stats: np.ndarray, recall_at: tuple[int, ...] = (1, 5)) -> dict[str, float]:
+    """Recall@k both ways over all rows, their mean per k, and zero-shot accuracy."""
+    rows = stats.shape[0]
+    if rows == 0:
+        return {f"recall_at_{k}": 0.0 for k in recall_at}
+    dim = (stats.shape[1] - 2) // 2
+    images, texts = stats[:, :dim], stats[:, dim : 2 * dim]
+    similarity = images @ texts.T
+    paired = np.diag(similarity)
+    # Rank of the paired item: how many others score strictly higher (ties are not misses).
+    image_to_text = (similarity > paired[:, None]).sum(axis=1)
+    text_to_image = (similarity > paired[None, :]).sum(axis=0)
+    metrics: dict[str, float] = {}
+    for k in recall_at:
+        i2t, t2i = float((image_to_text < k).mean()), float((text_to_image < k).mean())
+        metrics[f"image_to_text_recall_at_{k}"] = i2t
+        metrics[f"text_to_image_recall_at_{k}"] = t2i
+        metrics[f"recall_at_{k}"] = (i2t + t2i) / 2
+    classes, predicted = stats[:, -2], stats[:, -1]
+    labelled = classes >= 0
+    if labelled.any():
+        metrics["zero_shot_accuracy"] = float((predicted[labelled] == classes[labelled]).mean())
+    return metrics
+
+
+def _unit(vectors: torch.Tensor) -> torch.Tensor:
+    return vectors / vectors.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+register_task(ImageText())

@@ -1,0 +1,140 @@
+"""Image-text (CLIP): caption tokens, retrieval recall both ways, zero-shot accuracy, bad
+rows, tower freezing and the model checks."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from raft.labels import LabelMap
+from raft.spec import SpecError, validate
+from raft.tasks.base import EvalContext
+from raft.tasks.image_text import ImageText, ImageTextSpec, caption_ids, retrieval_metrics
+from raft.techniques.freeze import frozen_parameter_names
+from raft.testing import make_byte_tokenizer, make_tiny_clip_model, make_tiny_model, write_toy_captions
+
+TASK = ImageText()
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    return str(make_tiny_clip_model(tmp_path_factory.mktemp("clip")))
+
+
+def stats_of(images, texts, classes=None, predicted=None):
+    rows = len(images)
+    classes = np.full(rows, -1.0) if classes is None else np.asarray(classes, dtype=float)
+    predicted = np.full(rows, -1.0) if predicted is None else np.asarray(predicted, dtype=float)
+    unit = lambda m: np.asarray(m, dtype=float) / np.linalg.norm(m, axis=1, keepdims=True)  # noqa: E731
+    return np.concatenate([unit(images), unit(texts), classes[:, None], predicted[:, None]], axis=1)
+
+
+def test_recall_counts_only_strictly_better_candidates():
+    eye = np.eye(4)
+    perfect = retrieval_metrics(stats_of(eye, eye), (1, 2))
+    assert perfect["image_to_text_recall_at_1"] == perfect["text_to_image_recall_at_1"] == 1.0
+    # Image 0 is closer to caption 1 than to its own caption: its caption ranks second
+    # (image→text recall@1 3/4, @2 1). Each caption still finds its own image first:
+    # caption 0 scores image 0 at 0.2 and the others at 0; caption 1 prefers image 1.
+    images = eye.copy()
+    images[0] = [0.2, 1.0, 0, 0]
+    metrics = retrieval_metrics(stats_of(images, eye), (1, 2))
+    assert metrics["image_to_text_recall_at_1"] == 0.75 and metrics["image_to_text_recall_at_2"] == 1.0
+    assert metrics["text_to_image_recall_at_1"] == 1.0
+    assert metrics["recall_at_1"] == pytest.approx(0.875)
+    # Image 1 moved onto caption 0: captions 0 and 1 each prefer the other's image.
+    images[1] = [1.0, 0.1, 0, 0]
+    assert retrieval_metrics(stats_of(images, eye), (1,))["text_to_image_recall_at_1"] == 0.5
+    # Two identical captions embed identically: a tie is not a miss.
+    twins = retrieval_metrics(stats_of(eye[[0, 0, 1]], eye[[0, 0, 1]]), (1,))
+    assert twins["image_to_text_recall_at_1"] == 1.0 and twins["text_to_image_recall_at_1"] == 1.0
+
+
+def test_zero_shot_accuracy_counts_labelled_rows_only():
+    eye = np.eye(3)
+    metrics = retrieval_metrics(stats_of(eye, eye, classes=[0, 1, -1], predicted=[0, 2, 1]))
+    assert metrics["zero_shot_accuracy"] == 0.5
+    assert "zero_shot_accuracy" not in retrieval_metrics(stats_of(eye, eye))
+    assert retrieval_metrics(np.zeros((0, 2))) == {"recall_at_1": 0.0, "recall_at_5": 0.0}
+
+
+def test_captions_end_with_eos_where_clip_pools():
+    tokenizer = make_byte_tokenizer()
+    ids, mask = caption_ids(tokenizer, ["good movie", "bad " * 30], 8)
+    eos = tokenizer.eos_token_id
+    assert ids.shape == (2, 8) and mask[1].sum() == 8 and ids[1, -1] == eos
+    length = int(mask[0].sum())
+    assert ids[0, length - 1] == eos and (ids[0, length:] == tokenizer.pad_token_id).all()
+    assert tokenizer.decode(ids[0, : length - 1]) == "good movie"
+
+
+def test_preprocess_and_forward_with_the_contrastive_loss(clip, tmp_path):
+    data = write_toy_captions(tmp_path / "captions", 6)
+    rows = [json.loads(line) | {"path": str(data)} for line in data.read_text().splitlines()]
+    spec = ImageTextSpec(label_column="label", max_length=16, class_prompt="a photo of {} stripes")
+    labels = LabelMap(tuple(sorted({row["label"] for row in rows})))
+    batch = {key: np.array([row[key] for row in rows], dtype=object) for key in rows[0]}
+    features = TASK.preprocess(batch, spec, clip, labels)
+    assert features["pixel_values"].shape == (6, 3, 32, 32) and features["input_ids"].shape == (6, 16)
+    assert features["class_ids"].tolist() == labels.encode([row["label"] for row in rows])
+    tensors = TASK.collate(features)
+    inputs = TASK.model_inputs(tensors)
+    assert "class_ids" not in inputs and inputs["return_loss"] is True
+    model = TASK.build_model(clip, spec, labels).eval()
+    with torch.no_grad():
+        outputs = model(**inputs)
+    assert torch.isfinite(outputs.loss)
+    stats = TASK.eval_stats(outputs, tensors, labels, EvalContext(model=model, spec=spec, model_path=clip))
+    assert stats.shape == (6, 2 * 32 + 2) and np.allclose(np.linalg.norm(stats[:, :32], axis=1), 1)
+    assert stats[:, -2].tolist() == features["class_ids"].tolist()
+    # Statistics of two halves (two workers) concatenate to those of the whole.
+    halves = TASK.combine_stats(TASK.combine_stats(TASK.empty_stats(labels), stats[:3]), stats[3:])
+    assert np.array_equal(halves, stats)
+    metrics = TASK.metrics_for(stats, labels, spec.model_copy(update={"recall_at": [3]}))
+    assert {"recall_at_1", "recall_at_3", "zero_shot_accuracy"} <= set(metrics)
+
+
+def test_bad_rows_are_named(clip, tmp_path):
+    data = write_toy_captions(tmp_path / "captions", 1)
+    row = json.loads(data.read_text()) | {"path": str(data)}
+    spec = ImageTextSpec(label_column="label")
+    assert TASK.row_problem(row, spec, clip) is None
+    assert TASK.row_problem(row | {"caption": None}, spec, clip) == "column 'caption' is empty"
+    assert TASK.row_problem(row | {"label": None}, spec, clip) == "column 'label' is empty"
+    broken = TASK.row_problem(row | {"image": b"not a png"}, spec, clip)
+    assert broken.startswith("column 'image': cannot be read as an image")
+
+
+def test_model_checks_and_spec_rules(clip, tmp_path):
+    TASK.check_model(ImageTextSpec(max_length=16), clip)
+    with pytest.raises(ValueError, match="longer than the text tower's 32 positions"):
+        TASK.check_model(ImageTextSpec(), clip)  # 77 tokens
+    bert = str(make_tiny_model(tmp_path / "bert"))
+    with pytest.raises(ValueError, match="needs a two-tower image-text model.*'bert'"):
+        TASK.check_model(ImageTextSpec(), bert)
+    base = {"model": {"path": clip}, "task": {"type": "image_text"}, "data": {"train": "x.jsonl"}}
+    with pytest.raises(SpecError, match="prompt_tuning cannot train image_text"):
+        validate(base | {"technique": {"type": "prompt_tuning"}})
+    with pytest.raises(SpecError, match="class_prompt needs a"):
+        validate(base | {"task": {"type": "image_text", "class_prompt": "a photo"}})
+
+
+def test_freezing_the_vision_tower_freezes_exactly_it(clip):
+    spec = validate(
+        {
+            "model": {"path": clip},
+            "task": {"type": "image_text"},
+            "technique": {"type": "freeze", "embeddings": False, "parts": ["vision"]},
+            "data": {"train": "x.jsonl"},
+        }
+    )
+    model = TASK.build_model(clip, spec.task, None)
+    frozen = frozen_parameter_names(model, spec.technique, TASK)
+    vision = {n for n, _ in model.named_parameters() if n.startswith(("vision_model.", "visual_projection."))}
+    assert frozen == vision and vision
+    assert "logit_scale" not in frozen and any(
+        n.startswith("text_model.") for n, _ in model.named_parameters()
+    )
