@@ -290,15 +290,16 @@ TOY_TONES = {"low": 300.0, "mid": 700.0, "high": 1500.0, "top": 3000.0}
 TOY_SPEECH_RATES = (16000, 8000, 22050)  # files at several rates: raft resamples to 16 kHz
 
 
-def make_tiny_speech_model(directory: str | Path, **overrides) -> Path:
-    """Save a tiny Whisper (1 s window), its log-mel feature extractor and a byte-level
-    tokenizer that knows the toy words."""
+def make_tiny_speech_model(directory: str | Path, words: list[str] | None = None, **overrides) -> Path:
+    """Save a tiny Whisper (a 1 s window unless ``max_source_positions`` says otherwise: 50
+    positions a second), its log-mel feature extractor and a byte-level tokenizer that
+    knows ``words`` (default: the toy tone words)."""
     import torch
     from transformers import AutoModelForSpeechSeq2Seq, WhisperFeatureExtractor
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    words = list(TOY_TONES)
+    words = list(words or TOY_TONES)
     tokenizer = make_byte_tokenizer([" ".join(words), *(f" {w}" for w in words), *words], vocab_size=300)
     config = registry.get_task("speech_recognition").tiny_config(
         vocab_size=len(tokenizer),
@@ -377,16 +378,17 @@ TOY_CAPTIONS = ("a photo of {} stripes", "{} lines", "a picture with {} bands")
 CLIP_SPECIALS = ["<pad>", "<s>", "<unk>", "</s>", *BYTE_SPECIALS[4:]]
 
 
-def make_tiny_clip_model(directory: str | Path, **overrides) -> Path:
+def make_tiny_clip_model(directory: str | Path, words: list[str] | None = None, **overrides) -> Path:
     """Save a tiny CLIP (two 2-layer towers, 32×32 images), its image processor and a
-    byte-level tokenizer that knows the toy caption words."""
+    byte-level tokenizer that knows ``words`` (default: the toy caption words)."""
     import torch
     from transformers import AutoModel, CLIPImageProcessorPil
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    words = [w for t in TOY_CAPTIONS for w in t.replace("{}", "").split()] + list(TOY_COLORS)
-    words += list(TOY_IMAGE_CLASSES)
+    if words is None:
+        words = [w for t in TOY_CAPTIONS for w in t.replace("{}", "").split()] + list(TOY_COLORS)
+        words += list(TOY_IMAGE_CLASSES)
     corpus = [" ".join(words), *(f" {w}" for w in words), *words]
     tokenizer = make_byte_tokenizer(corpus, vocab_size=300, specials=CLIP_SPECIALS)
     config = registry.get_task("image_text").tiny_config(

@@ -16,7 +16,9 @@ import sys
 from pathlib import Path
 
 
-def main(root: Path) -> None:
+def digit_images():
+    """(index, split, digit, PIL image) for each of scikit-learn's 1,797 digits; the split
+    is seeded (1,497 train, 300 validation)."""
     import numpy as np
     from PIL import Image
     from sklearn.datasets import load_digits
@@ -24,17 +26,23 @@ def main(root: Path) -> None:
     digits = load_digits()
     order = list(range(len(digits.images)))
     random.Random(0).shuffle(order)
-    splits = {"validation": order[:300], "train": order[300:]}
-    for split, indices in splits.items():
-        for i in indices:
-            folder = root / "data" / "digits" / split / str(int(digits.target[i]))
-            folder.mkdir(parents=True, exist_ok=True)
-            pixels = (digits.images[i] / 16.0 * 255).astype(np.uint8)
-            Image.fromarray(pixels, mode="L").save(folder / f"{i:04d}.png")
+    for position, i in enumerate(order):
+        pixels = (digits.images[i] / 16.0 * 255).astype(np.uint8)
+        split = "validation" if position < 300 else "train"
+        yield i, split, int(digits.target[i]), Image.fromarray(pixels, mode="L")
+
+
+def main(root: Path) -> None:
+    count = 0
+    for i, split, digit, image in digit_images():
+        folder = root / "data" / "digits" / split / str(digit)
+        folder.mkdir(parents=True, exist_ok=True)
+        image.save(folder / f"{i:04d}.png")
+        count += 1
     from raft.testing import make_tiny_vision_model
 
     make_tiny_vision_model(root / "models" / "tiny-vit")
-    print(f"wrote {len(order)} digits to {root / 'data' / 'digits'} and {root / 'models' / 'tiny-vit'}")
+    print(f"wrote {count} digits to {root / 'data' / 'digits'} and {root / 'models' / 'tiny-vit'}")
 
 
 if __name__ == "__main__":

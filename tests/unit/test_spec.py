@@ -170,6 +170,56 @@ def test_the_digits_example_writes_an_image_folder_per_class(tmp_path):
     assert (tmp_path / "models/tiny-vit/preprocessor_config.json").is_file()
 
 
+def test_the_caption_example_writes_captioned_digits(tmp_path):
+    import json
+    import runpy
+
+    from raft.tasks.image_text import ImageText, ImageTextSpec
+
+    runpy.run_path(str(ROOT / "examples/data/make_digit_captions.py"), run_name="captions")["main"](tmp_path)
+    data = tmp_path / "data/digit_captions"
+    splits = {
+        s: [json.loads(x) for x in (data / f"{s}.jsonl").read_text().splitlines()]
+        for s in ("train", "validation")
+    }
+    assert (len(splits["train"]), len(splits["validation"])) == (1497, 300)
+    model = str(tmp_path / "models/tiny-clip")
+    spec = ImageTextSpec(text_column="caption", label_column="label", max_length=16)
+    for row in splits["validation"][:20]:
+        assert ImageText().row_problem(row | {"path": str(data / "validation.jsonl")}, spec, model) is None
+    assert {row["label"] for row in splits["train"]} == {
+        "zero",
+        "one",
+        "two",
+        "three",
+        "four",
+        "five",
+        "six",
+        "seven",
+        "eight",
+        "nine",
+    }
+
+
+def test_the_speech_example_writes_clips_raft_accepts(tmp_path):
+    """With espeak-ng installed the clips are spoken digits; without it, toy tones."""
+    import json
+    import runpy
+
+    from raft.tasks.speech_recognition import SpeechRecognition, SpeechRecognitionSpec
+
+    runpy.run_path(str(ROOT / "examples/data/make_speech.py"), run_name="speech")["main"](tmp_path, 6, 3)
+    data = tmp_path / "data/speech"
+    model = str(tmp_path / "models/tiny-whisper")
+    SpeechRecognition().check_model(SpeechRecognitionSpec(), model)
+    for split, count in (("train", 6), ("validation", 3)):
+        rows = [json.loads(x) for x in (data / f"{split}.jsonl").read_text().splitlines()]
+        assert len(rows) == count
+        for row in rows:
+            row |= {"path": str(data / f"{split}.jsonl")}
+            assert SpeechRecognition().row_problem(row, SpeechRecognitionSpec(), model) is None
+
+
 def test_dump_round_trips():
     from raft.spec import dump_spec
 
