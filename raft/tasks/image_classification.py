@@ -154,7 +154,15 @@ class ImageClassification(Task):
         for pair in (["q_proj", "v_proj"], ["query", "value"]):  # ViT/DeiT/BEiT, new and old names
             if set(pair) <= names:
                 return pair
+        if {"pwconv1", "pwconv2"} <= names:  # ConvNeXt: the pointwise (linear) convolutions
+            return ["pwconv1", "pwconv2"]
         return super().lora_targets(model)
+
+    def ia3_targets(self, model: torch.nn.Module) -> tuple[list[str], list[str]] | None:
+        names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+        if {"pwconv1", "pwconv2"} <= names and not {"k_proj", "key"} & names:  # ConvNeXt
+            return ["pwconv1", "pwconv2"], ["pwconv2"]
+        return super().ia3_targets(model)
 
     def tiny_config(self, **overrides: Any) -> Any:
         from transformers import ViTConfig

@@ -119,3 +119,31 @@ def test_virtual_token_techniques_are_refused_for_vision():
                     "data": {"train": "images"},
                 }
             )
+
+
+def test_convnext_gets_lora_and_ia3_on_its_pointwise_layers(tmp_path):
+    from transformers import AutoModel, ConvNextConfig
+
+    from raft import registry
+    from raft.spec import validate
+
+    config = ConvNextConfig(num_channels=3, hidden_sizes=[8, 16], depths=[1, 1], image_size=32, num_stages=2)
+    AutoModel.from_config(config).save_pretrained(tmp_path / "convnext")
+    for technique, marker in (({"type": "lora", "r": 4}, "lora_A"), ({"type": "ia3"}, "ia3_l")):
+        spec = validate(
+            {
+                "model": {"path": str(tmp_path / "convnext")},
+                "task": {"type": "image_classification"},
+                "technique": technique,
+                "data": {"train": "unused"},
+            }
+        )
+        model = registry.apply_technique(
+            TASK.build_model(spec.model.path, spec.task, CLASSES), spec.technique, TASK
+        )
+        trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+        adapted = {n.split(f".{marker}")[0].rsplit(".", 1)[-1] for n in trainable if marker in n}
+        assert adapted == {"pwconv1", "pwconv2"}, trainable
+        assert any("classifier" in n for n in trainable)  # the new head trains beside the adapter
+        outputs = model(pixel_values=torch.randn(2, 3, 32, 32), labels=torch.tensor([0, 1]))
+        assert torch.isfinite(outputs.loss)
