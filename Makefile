@@ -23,7 +23,7 @@ demo: install
 
 test: install
 	$(BIN)/ruff check .
-	$(BIN)/pytest tests
+	$(BIN)/pytest tests --durations=25
 
 test-unit: install
 	$(BIN)/pytest tests/unit
