@@ -9,7 +9,7 @@ on that worker. Either tower can be frozen (``technique: {type: freeze, parts: [
 Validation keeps every row's normalized image and text embedding and, after gathering them
 from all workers, scores retrieval over the whole validation set: image→text and
 text→image recall@k. A caption's rank counts only the captions scored strictly higher, so
-identical captions (which embed identically) do not count against each other. With a
+identical captions (which embed alike) do not count against each other. With a
 ``label_column``, each image is also classified zero-shot against ``class_prompt`` filled
 with every class name, and the accuracy is reported.
 """
@@ -32,6 +32,10 @@ PROMPT_REASON = (
     "peft's {kind} needs a task type with token embeddings to prepend to; an image-text "
     "model has two towers and peft has no task type for it"
 )
+
+
+# Cosine similarities closer than this count as ties (float32 embeddings differ by ~1e-7).
+TIE_TOLERANCE = 1e-5
 
 
 class ImageTextSpec(TaskSpec):
@@ -259,9 +263,11 @@ def retrieval_metrics(stats: np.ndarray, recall_at: tuple[int, ...] = (1, 5)) ->
     images, texts = stats[:, :dim], stats[:, dim : 2 * dim]
     similarity = images @ texts.T
     paired = np.diag(similarity)
-    # Rank of the paired item: how many others score strictly higher (ties are not misses).
-    image_to_text = (similarity > paired[:, None]).sum(axis=1)
-    text_to_image = (similarity > paired[None, :]).sum(axis=0)
+    # Rank of the paired item: how many others score higher by more than float noise. Ties
+    # are not misses: identical captions embed alike, but not bit-identically when they
+    # were computed in batches of other shapes (float32 sums in another order).
+    image_to_text = (similarity > paired[:, None] + TIE_TOLERANCE).sum(axis=1)
+    text_to_image = (similarity > paired[None, :] + TIE_TOLERANCE).sum(axis=0)
     metrics: dict[str, float] = {}
     for k in recall_at:
         i2t, t2i = float((image_to_text < k).mean()), float((text_to_image < k).mean())

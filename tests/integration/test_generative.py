@@ -190,28 +190,3 @@ def test_prompt_completion_sft_with_prompt_tuning(models, tmp_path):
         outcome.model_dir, "AutoModelForCausalLM", "review: good film sentiment:"
     )
     assert isinstance(reply, str)
-
-
-def test_seq2seq_with_prefix_tuning_scores_generated_text(models, tmp_path):
-    train = write_jsonl(toy_translation_rows(400, seed=0), tmp_path / "train.jsonl")
-    validation = write_jsonl(toy_translation_rows(40, seed=1), tmp_path / "val.jsonl")
-    outcome = run(
-        models["seq2seq"],
-        {
-            "type": "seq2seq",
-            "max_source_length": 32,
-            "max_target_length": 24,
-            "generation": {"max_new_tokens": 12},
-        },
-        {"type": "prefix_tuning", "num_virtual_tokens": 8},
-        train,
-        validation,
-        tmp_path,
-        lr=3e-2,
-    )
-    first, last = outcome.history[0], outcome.history[-1]
-    assert last["val_loss"] < first["val_loss"] - 0.3, outcome.history
-    assert 0.0 <= last["val_rougeL"] <= 1.0 and last["val_rows"] == 40
-    assert len(last["generations"]) == 3
-    reply = generate_with_plain_transformers(outcome.model_dir, "AutoModelForSeq2SeqLM", "good movie")
-    assert isinstance(reply, str)

@@ -11,6 +11,7 @@ import sys
 
 import pytest
 
+from raft.evaluate import evaluate_model
 from raft.spec import validate
 from raft.testing import make_tiny_clip_model, write_toy_captions
 from raft.train import fit
@@ -74,3 +75,7 @@ def test_clip_learns_captions_and_zero_shot_classes(tmp_path):
     )
     assert plain.returncode == 0, plain.stderr[-2000:]
     assert json.loads(plain.stdout.strip().splitlines()[-1]) == pytest.approx(last["val_zero_shot_accuracy"])
+    # raft eval, in one process over every row, ranks against the same 40 pairs.
+    scored = evaluate_model(outcome.model_dir, str(validation))
+    for key in ("recall_at_1", "recall_at_5", "zero_shot_accuracy"):
+        assert scored[f"val_{key}"] == pytest.approx(last[f"val_{key}"]), key

@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from raft.data import prepare
+from raft.evaluate import evaluate_model
 from raft.sources import DataError
 from raft.spec import validate
 from raft.testing import make_tiny_speech_model, write_toy_speech
@@ -75,6 +76,12 @@ def test_whisper_learns_to_transcribe_toy_words(tmp_path):
     )
     assert transcribed.returncode == 0, transcribed.stderr[-2000:]
     assert json.loads(transcribed.stdout.strip().splitlines()[-1]) == row["text"]
+    # raft eval scores the export on every row, in one process: the same WER and CER (up to
+    # a word that batching's float rounding may flip in greedy decoding).
+    scored = evaluate_model(outcome.model_dir, str(validation))
+    assert scored["rows"] == 40
+    assert scored["val_wer"] == pytest.approx(last["val_wer"], abs=0.03), (scored, last)
+    assert scored["val_cer"] == pytest.approx(last["val_cer"], abs=0.03), (scored, last)
 
 
 def test_a_corrupt_or_empty_clip_is_named(tmp_path):

@@ -4,9 +4,11 @@ One TorchTrainer run walks the whole matrix, so Ray and DeepSpeed start once: ea
 builds the pair's tiny model through the family's ``build_model`` and the technique's
 ``apply``, hands it to raft's own ``_deepspeed_engine``, takes a few steps on toy batches,
 and rank 0 checks the invariant — exactly the parameters the technique trains have
-changed, every other one is bit-identical — and saves the model as raft's checkpoint does.
-The driver then loads each save with plain transformers/peft and runs it. (Ray Data and
-the full run path are covered per family by the other integration tests.)
+changed, every other one is bit-identical. Each worker then evaluates one batch as raft's
+loop does (the family's statistics and metrics; generations for the generative families)
+and saves the model as raft's checkpoint does. The driver loads each save with plain
+transformers/peft, runs it, and has the generative ones generate. (Ray Data and the full
+run path are covered per family by the other integration tests.)
 """
 
 from __future__ import annotations
@@ -53,10 +55,24 @@ LABELS = {
 TASKS = {
     "sequence_classification": {"type": "sequence_classification", "max_length": 16},
     "token_classification": {"type": "token_classification", "max_length": 16},
-    "causal_lm": {"type": "causal_lm", "format": "prompt_completion", "max_length": 32},
-    "seq2seq": {"type": "seq2seq", "max_source_length": 16, "max_target_length": 16},
+    "causal_lm": {
+        "type": "causal_lm",
+        "format": "prompt_completion",
+        "max_length": 32,
+        "generation": {"max_new_tokens": 4},
+    },
+    "seq2seq": {
+        "type": "seq2seq",
+        "max_source_length": 16,
+        "max_target_length": 16,
+        "generation": {"max_new_tokens": 4},
+    },
     "image_classification": {"type": "image_classification"},
-    "speech_recognition": {"type": "speech_recognition", "max_target_length": 8},
+    "speech_recognition": {
+        "type": "speech_recognition",
+        "max_target_length": 8,
+        "generation": {"max_new_tokens": 4},
+    },
     "image_text": {"type": "image_text", "max_length": 16},
 }
 
@@ -85,12 +101,9 @@ def toy_image_rows(count: int, seed: int) -> list[dict]:
     return rows
 
 
-def toy_batches(family: str, spec, model_path: str, labels, seed: int, count: int = 3):
-    import numpy as np
-
+def toy_rows(family: str, count: int, seed: int) -> tuple[list[dict], tuple[str, ...]]:
     from raft import testing
 
-    task = registry.get_task(family)
     rows, columns = {
         "image_classification": (toy_image_rows, ("image", "label")),
         "sequence_classification": (testing.toy_sentiment_rows, ("text", "label")),
@@ -100,7 +113,14 @@ def toy_batches(family: str, spec, model_path: str, labels, seed: int, count: in
         "speech_recognition": (testing.toy_speech_rows, ("audio", "text")),
         "image_text": (testing.toy_caption_rows, ("image", "caption")),
     }[family]
-    rows = rows(8 * count, seed=seed)
+    return rows(count, seed=seed), columns
+
+
+def toy_batches(family: str, spec, model_path: str, labels, seed: int, count: int = 3):
+    import numpy as np
+
+    task = registry.get_task(family)
+    rows, columns = toy_rows(family, 8 * count, seed)
     for i in range(count):
         chunk = rows[8 * i : 8 * (i + 1)]
         batch = {key: np.array([row[key] for row in chunk], dtype=object) for key in columns}
@@ -118,6 +138,7 @@ def matrix_loop(config: dict) -> dict:
     from raft.deepspeed_config import build_deepspeed_config
     from raft.labels import LabelMap
     from raft.spec import validate
+    from raft.tasks.base import EvalContext
 
     context = ray.train.get_context()
     worker._set_process_env(context)
@@ -153,6 +174,16 @@ def matrix_loop(config: dict) -> dict:
             engine.step()
             losses.append(float(loss))
         changed = {n for n, p in module.named_parameters() if not torch.equal(before[n], p.detach())}
+        # Evaluation as raft's loop runs it: the family's statistics (generating, for the
+        # generative families) and its logged generations, from the wrapped model.
+        engine.eval()
+        with torch.no_grad():
+            batch = next(toy_batches(family, spec, model_path, labels, seed=rank, count=1))
+            context = EvalContext(model=module, spec=spec.task, model_path=model_path)
+            stats = task.eval_stats(engine(**task.model_inputs(batch)), batch, labels, context)
+            metrics = task.metrics_for(stats, labels, spec.task)
+            samples = task.sample_generations(toy_rows(family, 2, seed=rank)[0], context)
+        engine.train()
         out = os.path.join(config["out"], f"{family}-{name}")
         worker._save_hf_model(engine, out, rank)
         results[f"{family}/{name}"] = {
@@ -161,6 +192,8 @@ def matrix_loop(config: dict) -> dict:
             "missed": sorted(trainable - changed)[:5],
             "leaked": sorted(changed - trainable)[:5],
             "losses": losses,
+            "metrics": {k: float(v) for k, v in metrics.items()},
+            "generations": [sample["output"] for sample in samples],
         }
         del engine, model, module
     return results if rank == 0 else None
@@ -194,7 +227,14 @@ for job in json.loads(sys.argv[1]):
         encoded["decoder_input_ids"] = torch.ones((1, 1), dtype=torch.long)
     with torch.no_grad():
         outputs = model.eval()(**encoded)
+        if kind in ("causal_lm", "seq2seq", "speech_recognition"):  # and the export generates
+            inputs = {k: v for k, v in encoded.items() if k != "decoder_input_ids"}
+            generated = model.generate(**inputs, max_new_tokens=3, do_sample=False)
     logits = outputs.logits_per_image if kind == "image_text" else outputs.logits
+    if kind in ("causal_lm", "seq2seq", "speech_recognition"):
+        # One row back. Its length is the model's business: a barely trained Whisper may
+        # end at once (its generate returns the new tokens without the start prefix).
+        report[job["key"] + "/generated"] = generated.shape[0] == 1
     report[job["key"]] = bool(torch.isfinite(logits).all())
 print(json.dumps({"report": report, "raft": sorted(m for m in sys.modules if m.split(".")[0] == "raft")}))
 """
@@ -232,6 +272,11 @@ def test_every_supported_pair_trains_under_zero2_on_two_workers(tmp_path):
         assert all(loss == loss and loss < 100 for loss in found["losses"]), (key, found)
         if not key.endswith(("/full", "/freeze")):
             assert found["trainable"] < found["total"] / 2, (key, found)  # an adapter, not the model
+        family = key.split("/")[0]
+        primary = registry.get_task(family).primary_metric
+        assert found["metrics"][primary] == found["metrics"][primary], (key, found)  # present, not NaN
+        if family in ("causal_lm", "seq2seq", "speech_recognition"):  # generations were logged
+            assert len(found["generations"]) == 2 and all(isinstance(g, str) for g in found["generations"])
     jobs = [
         {
             "key": f"{family}/{name}",
@@ -246,4 +291,6 @@ def test_every_supported_pair_trains_under_zero2_on_two_workers(tmp_path):
     out = subprocess.run([sys.executable, "-c", LOAD, json.dumps(jobs)], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]
     loaded = json.loads(out.stdout.strip().splitlines()[-1])
-    assert loaded["raft"] == [] and loaded["report"] == {job["key"]: True for job in jobs}
+    generative = [job["key"] for job in jobs if job["kind"] in ("causal_lm", "seq2seq", "speech_recognition")]
+    expected = {job["key"]: True for job in jobs} | {f"{key}/generated": True for key in generative}
+    assert len(generative) == 16 and loaded["raft"] == [] and loaded["report"] == expected

@@ -51,6 +51,11 @@ def test_recall_counts_only_strictly_better_candidates():
     # Two identical captions embed identically: a tie is not a miss.
     twins = retrieval_metrics(stats_of(eye[[0, 0, 1]], eye[[0, 0, 1]]), (1,))
     assert twins["image_to_text_recall_at_1"] == 1.0 and twins["text_to_image_recall_at_1"] == 1.0
+    # ... also when float32 rounding in different batch shapes nudged one of them.
+    nudged = eye[[0, 0, 1]].copy()
+    nudged[1, 1] = 1e-4  # cosine to its twin: 1 - 5e-9
+    twins = retrieval_metrics(stats_of(eye[[0, 0, 1]], nudged), (1,))
+    assert twins["image_to_text_recall_at_1"] == 1.0 and twins["text_to_image_recall_at_1"] == 1.0
 
 
 def test_zero_shot_accuracy_counts_labelled_rows_only():
