@@ -143,3 +143,17 @@ def test_freezing_the_vision_tower_freezes_exactly_it(clip):
     assert "logit_scale" not in frozen and any(
         n.startswith("text_model.") for n, _ in model.named_parameters()
     )
+
+
+def test_a_missing_caption_column_is_named_before_ray_starts(clip, tmp_path):
+    from raft.data import resolve_sources
+    from raft.sources import DataError
+
+    data = write_toy_captions(tmp_path / "captions", 4)
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    data.write_text("".join(json.dumps({"image": r["image"], "text": r["caption"]}) + "\n" for r in rows))
+    spec = validate({"model": {"path": clip}, "task": {"type": "image_text"}, "data": {"train": str(data)}})
+    with pytest.raises(DataError, match=r"has no column\(s\) \['caption'\]; it has \['image', 'text'\]"):
+        resolve_sources(spec)
+    fixed = spec.model_copy(update={"task": spec.task.model_copy(update={"text_column": "text"})})
+    assert resolve_sources(fixed)[0].files == (str(data),)
