@@ -123,7 +123,7 @@ def make_byte_tokenizer(
     if corpus is None:
         words = toy_vocabulary()[len(SPECIAL_TOKENS) :] + sorted(CUES) + list(TOY_TRANSLATION.values())
         words += ["review", "sentiment", "translate", "answer", "in", "one", "word"]
-        corpus = [" ".join(words), *(f" {w}" for w in words), *words]
+        corpus = word_corpus(words)
     backend = Tokenizer(models.BPE(unk_token=None))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
@@ -147,6 +147,23 @@ def make_byte_tokenizer(
     return tokenizer
 
 
+def word_corpus(words: list[str]) -> list[str]:
+    """Texts to learn BPE merges from: the words in a line, each with and without a leading
+    space (how they appear mid-sentence and at the start)."""
+    return [" ".join(words), *(f" {w}" for w in words), *words]
+
+
+def tiny_config_for(task_name: str, tokenizer, **overrides):
+    """The family's tiny config, sized to ``tokenizer`` and using its special token ids."""
+    return registry.get_task(task_name).tiny_config(
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        **overrides,
+    )
+
+
 def make_tiny_generative_model(
     directory: str | Path, task_name: str, corpus: list[str] | None = None, **overrides
 ) -> Path:
@@ -159,13 +176,7 @@ def make_tiny_generative_model(
     directory.mkdir(parents=True, exist_ok=True)
     tokenizer = make_byte_tokenizer(corpus)
     task = registry.get_task(task_name)
-    config = task.tiny_config(
-        vocab_size=len(tokenizer),
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        **overrides,
-    )
+    config = tiny_config_for(task_name, tokenizer, **overrides)
     torch.manual_seed(0)
     model = getattr(transformers, task.auto_class).from_config(config)
     model.save_pretrained(directory, safe_serialization=True)
@@ -300,15 +311,9 @@ def make_tiny_speech_model(directory: str | Path, words: list[str] | None = None
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     words = list(words or TOY_TONES)
-    tokenizer = make_byte_tokenizer([" ".join(words), *(f" {w}" for w in words), *words], vocab_size=300)
-    config = registry.get_task("speech_recognition").tiny_config(
-        vocab_size=len(tokenizer),
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        decoder_start_token_id=tokenizer.bos_token_id,
-        **overrides,
-    )
+    tokenizer = make_byte_tokenizer(word_corpus(words), vocab_size=300)
+    overrides.setdefault("decoder_start_token_id", tokenizer.bos_token_id)
+    config = tiny_config_for("speech_recognition", tokenizer, **overrides)
     torch.manual_seed(0)
     AutoModelForSpeechSeq2Seq.from_config(config).save_pretrained(directory, safe_serialization=True)
     tokenizer.save_pretrained(directory)
@@ -389,15 +394,8 @@ def make_tiny_clip_model(directory: str | Path, words: list[str] | None = None, 
     if words is None:
         words = [w for t in TOY_CAPTIONS for w in t.replace("{}", "").split()] + list(TOY_COLORS)
         words += list(TOY_IMAGE_CLASSES)
-    corpus = [" ".join(words), *(f" {w}" for w in words), *words]
-    tokenizer = make_byte_tokenizer(corpus, vocab_size=300, specials=CLIP_SPECIALS)
-    config = registry.get_task("image_text").tiny_config(
-        vocab_size=len(tokenizer),
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        **overrides,
-    )
+    tokenizer = make_byte_tokenizer(word_corpus(words), vocab_size=300, specials=CLIP_SPECIALS)
+    config = tiny_config_for("image_text", tokenizer, **overrides)
     torch.manual_seed(0)
     AutoModel.from_config(config).save_pretrained(directory, safe_serialization=True)
     tokenizer.save_pretrained(directory)
