@@ -214,6 +214,29 @@ def load_hf(source: Source, split: str | None):
     return _hf_split(source, split)
 
 
+def read_media(value: object, data_file: object = None) -> bytes:
+    """The encoded bytes of an image or audio cell: bytes, HF datasets' ``{"bytes", "path"}``
+    dict, a URI any pyarrow filesystem opens (s3://, gs://, file://), or a local path
+    (relative paths are relative to ``data_file``'s folder)."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    if isinstance(value, dict) and value.get("bytes") is not None:
+        return bytes(value["bytes"])
+    if isinstance(value, dict) and value.get("path"):
+        value = value["path"]
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"expected bytes or a path, got {type(value).__name__}")
+    if "://" in value:
+        filesystem, path = _filesystem(value)
+        with filesystem.open_input_stream(path) as stream:
+            return stream.read()
+    path = os.path.expanduser(value)
+    if not os.path.isabs(path) and data_file:
+        path = os.path.join(os.path.dirname(str(data_file)), path)
+    with open(path, "rb") as handle:
+        return handle.read()
+
+
 def check_columns(source: Source, required: list[str], role: str, split: str | None = None) -> None:
     columns = peek_columns(source, split)
     missing = [c for c in required if c not in columns]

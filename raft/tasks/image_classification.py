@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import io
-import os
 from typing import Any, Literal
 
 import numpy as np
@@ -190,19 +189,12 @@ def load_image_processor(model_path: str) -> Any:
 
 
 def open_image(value: Any, data_file: Any = None) -> Any:
-    """A PIL image from bytes, or from a path (relative to ``data_file``'s folder)."""
+    """A PIL image from bytes, a path (relative to ``data_file``'s folder) or a URI."""
     from PIL import Image
 
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return Image.open(io.BytesIO(bytes(value)))
-    if isinstance(value, dict) and "bytes" in value:  # HF datasets' Image feature
-        return Image.open(io.BytesIO(value["bytes"]))
-    if isinstance(value, str) and value:
-        path = value
-        if not os.path.isabs(path) and "://" not in path and data_file:
-            path = os.path.join(os.path.dirname(str(data_file)), path)
-        return Image.open(path)
-    raise ValueError(f"expected image bytes or a path, got {type(value).__name__}")
+    from raft.sources import read_media
+
+    return Image.open(io.BytesIO(read_media(value, data_file)))
 
 
 def augment_pixels(pixels: np.ndarray, flip: bool, crop: float | None, rng: Any = None) -> np.ndarray:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import io
-import os
 import re
 from typing import Any, Literal
 
@@ -25,6 +24,7 @@ from pydantic import Field, PositiveFloat, PositiveInt
 from raft.generation import GenerationSpec, generate, generation_config
 from raft.labels import LabelMap
 from raft.registry import TaskSpec, register_task
+from raft.sources import read_media
 from raft.tasks.base import EvalContext, Task, load_tokenizer
 from raft.tasks.causal_lm import _text_problem
 from raft.tasks.seq2seq import decode_labels, pad_labels, target_ids
@@ -239,30 +239,6 @@ class SpeechRecognition(Task):
 
 
 # -- audio ------------------------------------------------------------------------------
-def open_audio_bytes(value: Any, data_file: Any = None) -> bytes:
-    """The encoded bytes of a clip: given as bytes, as HF's Audio feature, or as a path
-    (relative to ``data_file``'s folder; any pyarrow filesystem URI)."""
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return bytes(value)
-    if isinstance(value, dict) and value.get("bytes") is not None:
-        return bytes(value["bytes"])
-    if isinstance(value, dict) and value.get("path"):
-        value = value["path"]
-    if isinstance(value, str) and value:
-        if "://" in value:
-            import pyarrow.fs as pafs
-
-            filesystem, path = pafs.FileSystem.from_uri(value)
-            with filesystem.open_input_stream(path) as stream:
-                return stream.read()
-        path = value
-        if not os.path.isabs(path) and data_file:
-            path = os.path.join(os.path.dirname(str(data_file)), path)
-        with open(path, "rb") as handle:
-            return handle.read()
-    raise ValueError(f"expected audio bytes or a path, got {type(value).__name__}")
-
-
 def read_audio(value: Any, data_file: Any = None) -> tuple[np.ndarray, int]:
     """(mono float32 samples, sampling rate) of a clip. HF's decoded Audio feature
     ({"array", "sampling_rate"}) is taken as is."""
@@ -271,7 +247,7 @@ def read_audio(value: Any, data_file: Any = None) -> tuple[np.ndarray, int]:
         return (samples.mean(axis=-1) if samples.ndim > 1 else samples), int(value["sampling_rate"])
     import soundfile
 
-    samples, rate = soundfile.read(io.BytesIO(open_audio_bytes(value, data_file)), dtype="float32")
+    samples, rate = soundfile.read(io.BytesIO(read_media(value, data_file)), dtype="float32")
     if samples.ndim > 1:
         samples = samples.mean(axis=1)
     return samples, int(rate)
@@ -283,7 +259,7 @@ def audio_seconds(value: Any, data_file: Any = None) -> float:
         return len(value["array"]) / float(value["sampling_rate"])
     import soundfile
 
-    info = soundfile.info(io.BytesIO(open_audio_bytes(value, data_file)))
+    info = soundfile.info(io.BytesIO(read_media(value, data_file)))
     return info.frames / float(info.samplerate) if info.samplerate else 0.0
 
 

@@ -78,3 +78,20 @@ def test_missing_and_unreadable_inputs_name_the_problem(files, tmp_path):
 def test_missing_column_lists_what_is_there(files):
     with pytest.raises(DataError, match=r"no column\(s\) \['sentence'\]; it has \['text', 'label'\]"):
         check_columns(resolve(str(files / "d.csv")), ["sentence", "label"], "data.train")
+
+
+def test_media_cells_read_from_bytes_paths_and_uris(tmp_path):
+    from raft.sources import read_media
+
+    (tmp_path / "clips").mkdir()
+    (tmp_path / "clips" / "a.wav").write_bytes(b"RIFF-data")
+    data_file = tmp_path / "data.jsonl"
+    assert read_media(b"raw") == b"raw"
+    assert read_media({"bytes": b"hf", "path": None}) == b"hf"  # HF datasets' Image/Audio cell
+    assert read_media("clips/a.wav", data_file) == b"RIFF-data"  # relative to the data file
+    assert read_media(str(tmp_path / "clips" / "a.wav")) == b"RIFF-data"
+    assert read_media((tmp_path / "clips" / "a.wav").as_uri()) == b"RIFF-data"  # file:// URI
+    with pytest.raises(FileNotFoundError):
+        read_media("clips/missing.wav", data_file)
+    with pytest.raises(ValueError, match="expected bytes or a path, got int"):
+        read_media(3)
