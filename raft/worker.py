@@ -138,9 +138,17 @@ def _set_process_env(context: Any) -> None:
 
 def _init_deepspeed_comm() -> None:
     """Hand Ray Train's process group to DeepSpeed's comm layer (before any ZeRO-3 init,
-    which needs the world size)."""
-    import deepspeed
+    which needs the world size).
 
+    DeepSpeed's torch backend JIT-compiles a shared-memory all-reduce op when it starts
+    (65 s on 2 cores; again for every new Python environment, as the build is keyed by
+    its paths). Only its inference all-reduce uses the op, never training, so raft tells
+    the backend there is none and the op is neither built nor loaded."""
+    import deepspeed
+    import deepspeed.comm.torch as torch_backend
+
+    if hasattr(torch_backend, "build_shm_op"):
+        torch_backend.build_shm_op = lambda: None
     deepspeed.init_distributed(dist_backend=dist.get_backend() if dist.is_initialized() else None)
 
 
