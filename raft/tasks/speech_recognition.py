@@ -156,6 +156,17 @@ class SpeechRecognition(Task):
             raise ValueError(
                 f"{model_path} has no audio feature extractor (preprocessor_config.json): {_short(error)}"
             ) from None
+        if spec.language:
+            tokenizer = load_tokenizer(model_path)
+            if not hasattr(tokenizer, "set_prefix_tokens"):
+                raise ValueError(
+                    f"task.language {spec.language!r}: the tokenizer of {model_path} has no "
+                    "language prefix (not a Whisper tokenizer); leave task.language unset"
+                )
+            try:  # the prefix property is where Whisper's tokenizer checks the language
+                speech_tokenizer(model_path, spec.language, spec.speech_task).prefix_tokens  # noqa: B018
+            except ValueError as error:
+                raise ValueError(f"task.language {spec.language!r}: {_short(error)}") from None
         frames = getattr(extractor, "nb_max_frames", None)
         positions = getattr(config, "max_source_positions", None)
         if frames and positions and frames != 2 * positions:  # Whisper's two convolutions halve it

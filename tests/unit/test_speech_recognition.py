@@ -193,6 +193,9 @@ def test_model_checks(whisper, tmp_path):
     WhisperFeatureExtractor(feature_size=80, chunk_length=2).save_pretrained(mismatched)
     with pytest.raises(ValueError, match="makes 200 frames per clip but the encoder takes 100"):
         TASK.check_model(SpeechRecognitionSpec(), str(mismatched))
+    # A language needs a tokenizer with Whisper's language prefix; the tiny one has none.
+    with pytest.raises(ValueError, match="task.language 'en': the tokenizer of .* has no language prefix"):
+        TASK.check_model(SpeechRecognitionSpec(language="en"), whisper)
 
 
 def test_spec_refuses_virtual_tokens_and_checks_freeze_parts(whisper):
