@@ -68,7 +68,7 @@ def job_dir(tmp_path_factory, tiny_bert, toy_data):
     root = tmp_path_factory.mktemp("job")
     shared = tmp_path_factory.mktemp("shared-storage")
     spec = base_spec(
-        tiny_bert, toy_data, shared, train={"epochs": 2}, output={"dir": str(shared / "runs"), "name": "mn"}
+        tiny_bert, toy_data, shared, train={"epochs": 4}, output={"dir": str(shared / "runs"), "name": "mn"}
     )
     (root / "job.yaml").write_text(f"# raft submit job.yaml --address {JOBS}\n" + yaml.safe_dump(spec))
     return root
