@@ -144,9 +144,12 @@ def _init_deepspeed_comm() -> None:
     (65 s on 2 cores; again for every new Python environment, as the build is keyed by
     its paths). Only its inference all-reduce uses the op, never training, so raft tells
     the backend there is none and the op is neither built nor loaded."""
-    import deepspeed
-    import deepspeed.comm.torch as torch_backend
+    import importlib
 
+    import deepspeed
+
+    # By module path: the attribute deepspeed.comm.torch is the torch library itself.
+    torch_backend = importlib.import_module("deepspeed.comm.torch")
     if hasattr(torch_backend, "build_shm_op"):
         torch_backend.build_shm_op = lambda: None
     deepspeed.init_distributed(dist_backend=dist.get_backend() if dist.is_initialized() else None)

@@ -109,3 +109,26 @@ def test_step_arithmetic():
     capped = spec_with(train={"epochs": 3, "batch_size": 10, "max_steps": 12, "warmup_steps": 2})
     assert total_steps(100, capped) == 12
     assert warmup_steps(capped, 12) == 2
+
+
+def test_workers_do_not_build_deepspeeds_shared_memory_op(tmp_path):
+    """The op costs a minute of C++ compile per fresh environment; training never uses it."""
+    import os
+    import subprocess
+    import sys
+
+    child = (
+        "import os, torch.distributed as dist\n"
+        "os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT='29677', RANK='0', WORLD_SIZE='1',"
+        " LOCAL_RANK='0', DS_ACCELERATOR='cpu')\n"
+        "dist.init_process_group('gloo')\n"
+        "from raft.worker import _init_deepspeed_comm\n"
+        "_init_deepspeed_comm()\n"
+        "import deepspeed.comm as comm\n"
+        "print('COMM', comm.is_initialized())\n"
+    )
+    env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", child], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "COMM True" in out.stdout
+    assert list(tmp_path.iterdir()) == []  # nothing was compiled
