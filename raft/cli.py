@@ -2,6 +2,8 @@
 
 raft validate spec.yaml [key=value ...]      check a spec (schema, paths, columns)
 raft train spec.yaml [key=value ...]         fine-tune on Ray and export the model
+raft tune spec.yaml [key=value ...]          search hyperparameters (the spec's tune: section)
+raft tune --resume RUN_DIR                   continue an interrupted search
 raft eval MODEL_DIR --data FILE              score an exported model
 raft list                                    task families × techniques
 raft submit spec.yaml --address http://HEAD:8265   run it as a Ray job on a cluster
@@ -90,6 +92,49 @@ def train(spec_file: str, overrides: tuple[str, ...], address: str | None, verbo
         f"(training loop {summary['train_seconds'] or 0:.1f} s)"
     )
     click.echo(f"[raft] model saved to {outcome.model_dir}")
+
+
+@main.command()
+@click.argument("spec_file", required=False, type=click.Path(dir_okay=False))
+@click.argument("overrides", nargs=-1)
+@click.option("--resume", "resume_dir", help="Continue the search in this run folder (finished trials stay).")
+@click.option("--address", envvar="RAY_ADDRESS", help="Ray cluster to join (default: start a local one).")
+@click.option("--verbose", is_flag=True, help="Show Ray Tune's and Ray's own progress output.")
+def tune(
+    spec_file: str | None,
+    overrides: tuple[str, ...],
+    resume_dir: str | None,
+    address: str | None,
+    verbose: bool,
+) -> None:
+    """Search hyperparameters as SPEC_FILE's tune: section says; export the best trial to best/."""
+    from raft.cluster import ClusterError
+    from raft.sources import DataError
+    from raft.train import RunError, TrainingFailed
+    from raft.tune import resume_search, run_search
+
+    if bool(spec_file) == bool(resume_dir):
+        _fail("give a spec file to start a search, or --resume RUN_DIR to continue one (not both)")
+    try:
+        if resume_dir:
+            if overrides:
+                _fail("--resume continues the search as it was specified; overrides are not taken")
+            outcome = resume_search(resume_dir, address=address, verbose=verbose)
+        else:
+            outcome = run_search(_load(spec_file, overrides), address=address, verbose=verbose)
+    except (DataError, ClusterError, RunError) as error:
+        _fail(str(error))
+    except TrainingFailed as error:
+        _fail(str(error), code=1)
+    click.echo("")
+    click.secho(
+        f"[raft] search finished: {len(outcome.leaderboard)} trials in {outcome.wall_seconds:.0f} s",
+        bold=True,
+    )
+    click.echo(f"[raft] leaderboard: {outcome.run_dir}/leaderboard.csv, plots in {outcome.run_dir}/plots")
+    if outcome.best_dir is None:
+        _fail("no trial produced a checkpoint; nothing was exported", code=1)
+    click.echo(f"[raft] best model: {outcome.best_dir}/model")
 
 
 @main.command("eval")

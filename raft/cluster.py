@@ -23,8 +23,11 @@ class ClusterError(RuntimeError):
 
 
 @contextlib.contextmanager
-def connect(spec: Any, address: str | None = None, verbose: bool = False) -> Iterator[None]:
-    """Make sure Ray is up and big enough for ``spec``; shut down only what we started."""
+def connect(
+    spec: Any, address: str | None = None, verbose: bool = False, concurrent_runs: int = 1
+) -> Iterator[None]:
+    """Make sure Ray is up and big enough for ``spec`` (``concurrent_runs`` of it at once:
+    a search's trials); shut down only what we started."""
     address = address or os.environ.get("RAY_ADDRESS")
     started = False
     if not ray.is_initialized():
@@ -40,7 +43,7 @@ def connect(spec: Any, address: str | None = None, verbose: bool = False) -> Ite
             # placement-group cleaner polls every second; without it every run logs a
             # warning a second and orphaned placement groups are never cleaned up.
             ray.init(
-                num_cpus=local_cluster_cpus(spec),
+                num_cpus=local_cluster_cpus(spec, concurrent_runs),
                 include_dashboard=True,
                 _system_config=LOCAL_SYSTEM_CONFIG,
                 **settings,
@@ -48,7 +51,7 @@ def connect(spec: Any, address: str | None = None, verbose: bool = False) -> Ite
         started = True
     _quiet_data(verbose)
     try:
-        problems = resource_problems(spec, ray.cluster_resources())
+        problems = resource_problems(spec, ray.cluster_resources(), concurrent_runs)
         if problems:
             raise ClusterError("the cluster is too small for this spec: " + "; ".join(problems))
         check_shared_storage(spec.output.dir)

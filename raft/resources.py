@@ -25,9 +25,10 @@ def train_cpus(spec: Any) -> float:
     return spec.scaling.num_workers * spec.scaling.cpus_per_worker
 
 
-def required_cpus(spec: Any) -> float:
-    """Logical CPUs one run needs: its workers plus room for the data pipeline."""
-    return train_cpus(spec) + max(DATA_CPUS, spec.data.cpus_per_task)
+def required_cpus(spec: Any, concurrent_runs: int = 1) -> float:
+    """Logical CPUs a run needs: its workers (times the trials a search runs at once) plus
+    room for the data pipeline, which the concurrent trials share."""
+    return concurrent_runs * train_cpus(spec) + max(DATA_CPUS, spec.data.cpus_per_task)
 
 
 # Ray kills a worker process once it has idled for a second while more idle workers exist
@@ -43,25 +44,28 @@ WORKER_REUSE_SYSTEM_CONFIG = {"idle_worker_killing_time_threshold_ms": 600_000, 
 LOCAL_SYSTEM_CONFIG = {**WORKER_REUSE_SYSTEM_CONFIG, "enable_metrics_collection": False}
 
 
-def local_cluster_cpus(spec: Any) -> int:
-    return math.ceil(required_cpus(spec))
+def local_cluster_cpus(spec: Any, concurrent_runs: int = 1) -> int:
+    return math.ceil(required_cpus(spec, concurrent_runs))
 
 
-def resource_problems(spec: Any, available: dict[str, float]) -> list[str]:
-    """What the cluster lacks for ``spec`` (empty when it fits), in the user's terms."""
+def resource_problems(spec: Any, available: dict[str, float], concurrent_runs: int = 1) -> list[str]:
+    """What the cluster lacks for ``spec`` (empty when it fits), in the user's terms;
+    ``concurrent_runs`` is a search's tune.max_concurrent_trials."""
     problems = []
     cpus = available.get("CPU", 0.0)
-    if cpus < required_cpus(spec):
+    trials = f"{concurrent_runs} concurrent trials × " if concurrent_runs > 1 else ""
+    if cpus < required_cpus(spec, concurrent_runs):
         problems.append(
-            f"the cluster has {cpus:g} CPUs; scaling.num_workers={spec.scaling.num_workers} × "
+            f"the cluster has {cpus:g} CPUs; {trials}scaling.num_workers={spec.scaling.num_workers} × "
             f"cpus_per_worker={spec.scaling.cpus_per_worker:g} plus {max(DATA_CPUS, spec.data.cpus_per_task):g} "
-            f"for Ray Data needs {required_cpus(spec):g}"
+            f"for Ray Data needs {required_cpus(spec, concurrent_runs):g}"
         )
     if spec.scaling.use_gpu:
         gpus = available.get("GPU", 0.0)
-        if gpus < spec.scaling.num_workers:
+        needed = concurrent_runs * spec.scaling.num_workers
+        if gpus < needed:
             problems.append(
-                f"the cluster has {gpus:g} GPUs; scaling.use_gpu with num_workers="
-                f"{spec.scaling.num_workers} needs {spec.scaling.num_workers}"
+                f"the cluster has {gpus:g} GPUs; {trials}scaling.use_gpu with num_workers="
+                f"{spec.scaling.num_workers} needs {needed}"
             )
     return problems

@@ -28,6 +28,7 @@ from pydantic import (
 
 from raft import registry
 from raft.registry import SectionModel
+from raft.search import TuneSection, metric_problems, space_problems
 
 
 class SpecError(ValueError):
@@ -211,12 +212,13 @@ def _build_run_spec() -> type[SectionModel]:
         scaling: ScalingSection = Field(default_factory=ScalingSection)
         deepspeed: DeepSpeedSection = Field(default_factory=DeepSpeedSection)
         output: OutputSection = Field(default_factory=OutputSection)
+        tune: TuneSection | None = Field(None, description="A hyperparameter search (raft tune).")
 
         @model_validator(mode="after")
         def _cross_section_rules(self) -> RunSpec:
             problems = cross_section_problems(self)
             if problems:
-                raise ValueError("; ".join(problems))
+                raise ValueError("\n".join(problems))  # one line each in format_errors
             return self
 
         @property
@@ -245,6 +247,9 @@ def cross_section_problems(spec: Any) -> list[str]:
         problems.append(
             f"train.precision: {spec.train.precision} needs scaling.use_gpu: true (CPU trains in fp32)"
         )
+    if spec.tune is not None and not problems:
+        problems += metric_problems(spec, spec.tune)
+        problems += space_problems(spec.model_dump(mode="json", exclude={"tune"}), spec.tune)
     return problems
 
 
@@ -343,7 +348,10 @@ def format_errors(error: ValidationError) -> list[str]:
             and not isinstance(item["input"], dict)
         ):
             message += f" (got {item['input']!r})"
-        lines.append(f"{'.'.join(loc) or '(spec)'}: {message}")
+        if not loc:  # cross-section rules: each line already starts with its path
+            lines.extend(message.splitlines())
+            continue
+        lines.append(f"{'.'.join(loc)}: {message}")
     return lines
 
 
@@ -353,7 +361,10 @@ def _tags_for(loc: list[str]) -> list[str]:
 
 def dump_spec(spec: Any) -> str:
     """The resolved spec as YAML (saved with every run and exported model)."""
-    return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
+    document = spec.model_dump(mode="json")
+    if document.get("tune") is None:  # a single run's spec reads as it did before searches
+        document.pop("tune", None)
+    return yaml.safe_dump(document, sort_keys=False)
 
 
 def reference_markdown() -> str:

@@ -47,10 +47,14 @@ def exists(location: str) -> bool:
 
 
 def write_text(location: str, text: str) -> None:
+    write_bytes(location, text.encode())
+
+
+def write_bytes(location: str, content: bytes) -> None:
     filesystem, path = _resolve(location)
     filesystem.create_dir(os.path.dirname(path), recursive=True)
     with filesystem.open_output_stream(path) as stream:
-        stream.write(text.encode())
+        stream.write(content)
 
 
 def read_text(location: str) -> str:

@@ -99,54 +99,14 @@ def preflight(spec: Any) -> Any:
 
 def fit(spec: Any, address: str | None = None, verbose: bool = False) -> TrainOutcome:
     """Train ``spec`` on Ray and export the model; raises RunError/DataError on bad input."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
     started = time.perf_counter()
     spec = preflight(spec)
     run_dir = run_dir_of(spec)
     with connect(spec, address, verbose=verbose):
-        prepared = data.prepare(spec)
-        rows_per_worker = prepared.train_rows // spec.scaling.num_workers
-        if rows_per_worker == 0:
-            raise DataError(
-                f"data.train has {prepared.train_rows} rows, fewer than scaling.num_workers="
-                f"{spec.scaling.num_workers}"
-            )
+        prepared = prepare_data(spec)
         storage.write_text(storage.join(run_dir, "spec.yaml"), dump_spec(spec))
-        for role, count in prepared.skipped.items():
-            print(f"[raft] {role}: skipped {count} bad rows (data.bad_rows: skip)", flush=True)
-        unit = "examples" if registry.get_task(spec.task.type).changes_row_count(spec.task) else "rows"
-        print(
-            f"[raft] run {spec.run_name}: {prepared.train_rows} training {unit}, "
-            f"{prepared.validation_rows} validation {unit}"
-            + (f", {prepared.labels.num_labels} classes" if prepared.labels else "")
-            + f" → {run_dir}",
-            flush=True,
-        )
-        trainer = TorchTrainer(
-            train_loop_per_worker,
-            train_loop_config={
-                "spec": spec.model_dump(mode="json"),
-                "labels": list(prepared.labels.names) if prepared.labels else None,
-                "rows_per_worker": rows_per_worker,
-                "samples": prepared.samples,
-            },
-            scaling_config=ScalingConfig(
-                num_workers=spec.scaling.num_workers,
-                use_gpu=spec.scaling.use_gpu,
-                resources_per_worker={"CPU": spec.scaling.cpus_per_worker}
-                | ({"GPU": 1} if spec.scaling.use_gpu else {}),
-                placement_strategy=spec.scaling.placement_strategy,
-            ),
-            run_config=RunConfig(
-                name=spec.run_name,
-                storage_path=spec.output.dir,
-                checkpoint_config=CheckpointConfig(num_to_keep=spec.output.num_checkpoints_to_keep),
-                failure_config=FailureConfig(max_failures=spec.scaling.max_failures),
-            ),
-            datasets={"train": prepared.train, "validation": prepared.validation},
-        )
+        print(f"[raft] run {spec.run_name}: {describe(spec, prepared)} → {run_dir}", flush=True)
+        trainer = build_trainer(spec, prepared)
         try:
             result = trainer.fit()
         except Exception as error:
@@ -155,18 +115,8 @@ def fit(spec: Any, address: str | None = None, verbose: bool = False) -> TrainOu
             raise TrainingFailed(f"training failed: {result.error}")
         if result.checkpoint is None:
             raise TrainingFailed("training finished without a checkpoint; nothing to export")
-        with result.checkpoint.as_directory() as checkpoint_dir:
-            from raft.export import export_model
-
-            model_dir = storage.join(run_dir, MODEL_DIR)
-            if storage.is_uri(model_dir):  # build it here, then upload
-                with tempfile.TemporaryDirectory(prefix="raft-export-") as local:
-                    exported = export_model(
-                        Path(checkpoint_dir) / MODEL_DIR, Path(local) / MODEL_DIR, spec, prepared.labels
-                    )
-                    storage.upload_dir(exported, model_dir)
-            else:
-                export_model(Path(checkpoint_dir) / MODEL_DIR, model_dir, spec, prepared.labels)
+        model_dir = storage.join(run_dir, MODEL_DIR)
+        export_checkpoint(result.checkpoint, spec, prepared.labels, model_dir)
 
     summary = _summary(
         spec, prepared.labels, result.return_value or {}, time.perf_counter() - started, model_dir
@@ -174,6 +124,78 @@ def fit(spec: Any, address: str | None = None, verbose: bool = False) -> TrainOu
     summary["skipped_rows"] = prepared.skipped
     storage.write_text(storage.join(run_dir, "summary.json"), json.dumps(summary, indent=2))
     return TrainOutcome(run_dir, model_dir, summary["history"], summary)
+
+
+def prepare_data(spec: Any) -> data.PreparedData:
+    """Ray Data's checked, sharded datasets for ``spec`` (bad rows are named here)."""
+    prepared = data.prepare(spec)
+    if prepared.train_rows // spec.scaling.num_workers == 0:
+        raise DataError(
+            f"data.train has {prepared.train_rows} rows, fewer than scaling.num_workers="
+            f"{spec.scaling.num_workers}"
+        )
+    for role, count in prepared.skipped.items():
+        print(f"[raft] {role}: skipped {count} bad rows (data.bad_rows: skip)", flush=True)
+    return prepared
+
+
+def describe(spec: Any, prepared: data.PreparedData) -> str:
+    unit = "examples" if registry.get_task(spec.task.type).changes_row_count(spec.task) else "rows"
+    return f"{prepared.train_rows} training {unit}, {prepared.validation_rows} validation {unit}" + (
+        f", {prepared.labels.num_labels} classes" if prepared.labels else ""
+    )
+
+
+def build_trainer(
+    spec: Any,
+    prepared: data.PreparedData,
+    callbacks: list[Any] | None = None,
+    checkpoint_config: Any = None,
+) -> Any:
+    """The ``TorchTrainer`` of one run (``raft train``, or one trial of ``raft tune``)."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "spec": spec.model_dump(mode="json"),
+            "labels": list(prepared.labels.names) if prepared.labels else None,
+            "rows_per_worker": prepared.train_rows // spec.scaling.num_workers,
+            "samples": prepared.samples,
+        },
+        scaling_config=ScalingConfig(
+            num_workers=spec.scaling.num_workers,
+            use_gpu=spec.scaling.use_gpu,
+            resources_per_worker={"CPU": spec.scaling.cpus_per_worker}
+            | ({"GPU": 1} if spec.scaling.use_gpu else {}),
+            placement_strategy=spec.scaling.placement_strategy,
+        ),
+        run_config=RunConfig(
+            name=spec.run_name,
+            storage_path=spec.output.dir,
+            checkpoint_config=checkpoint_config
+            or CheckpointConfig(num_to_keep=spec.output.num_checkpoints_to_keep),
+            failure_config=FailureConfig(max_failures=spec.scaling.max_failures),
+            callbacks=callbacks or [],
+        ),
+        datasets={"train": prepared.train, "validation": prepared.validation},
+    )
+
+
+def export_checkpoint(checkpoint: Any, spec: Any, labels: LabelMap | None, model_dir: str) -> None:
+    """Export the model in a Ray Train checkpoint to ``model_dir`` (a folder or a URI)."""
+    from raft.export import export_model
+
+    with checkpoint.as_directory() as checkpoint_dir:
+        if storage.is_uri(model_dir):  # build it here, then upload
+            with tempfile.TemporaryDirectory(prefix="raft-export-") as local:
+                exported = export_model(
+                    Path(checkpoint_dir) / MODEL_DIR, Path(local) / MODEL_DIR, spec, labels
+                )
+                storage.upload_dir(exported, model_dir)
+        else:
+            export_model(Path(checkpoint_dir) / MODEL_DIR, model_dir, spec, labels)
 
 
 def _summary(spec: Any, labels: LabelMap | None, returned: dict, wall_seconds: float, model_dir: str) -> dict:

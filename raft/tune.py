@@ -1,0 +1,427 @@
+"""``raft tune``: a Ray Tune search where every trial is a full Ray Train + DeepSpeed run.
+
+raft tune examples/minilm_topics_search.yaml          # a local cluster raft starts
+raft tune spec.yaml --address ray://head:10001 tune.max_concurrent_trials=4
+raft tune --resume runs/my-search                      # continue an interrupted search
+
+The Ray Train v2 pattern: a Tuner runs a function trainable per trial; the function builds
+the trial's ``TorchTrainer`` and calls ``fit()``, and ``TuneReportCallback`` hands each
+epoch's validation metrics (reported by the workers) to Tune, where ASHA acts on them. The
+trial function itself holds no CPU: its workers reserve what the trial's ``scaling`` says,
+and ``tune.max_concurrent_trials`` bounds how many trials hold workers at once.
+
+Output under the run folder (``output.dir/output.name``):
+    spec.yaml            the search spec, resolved (what --resume reads)
+    search/              Ray Tune's experiment state (Tuner.restore reads it)
+    trials/<trial_id>/   each trial's Ray Train run: checkpoints, spec.yaml
+    leaderboard.csv      one row per trial, best first
+    plots/               the metric per epoch: every trial on one plot, and one per trial
+    best/                the winner, laid out as ``raft train`` lays out a run:
+                         model/, spec.yaml, summary.json
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from raft import data, search, storage
+from raft.cluster import connect
+from raft.spec import dump_spec, validate
+from raft.train import (
+    RunError,
+    TrainingFailed,
+    build_trainer,
+    describe,
+    export_checkpoint,
+    preflight,
+    prepare_data,
+    run_dir_of,
+)
+from raft.worker import MODEL_DIR
+
+SEARCH_DIR = "search"
+TRIALS_DIR = "trials"
+BEST_DIR = "best"
+PLOTS_DIR = "plots"
+# Trial results keep Tune's own bookkeeping too; these are the ones a leaderboard shows.
+_TRIAL_ID = "trial_id"
+TRIAL_FUNCTION_CPUS = 0.01
+ATTEMPTS_FILE = "attempts"  # in each trial's folder: how many times the trial started
+
+
+@dataclass
+class SearchOutcome:
+    run_dir: str
+    best_dir: str | None
+    metric: str
+    mode: str
+    leaderboard: list[dict[str, Any]]
+    wall_seconds: float
+
+
+# -- the per-trial function (runs in a Tune trial actor) -------------------------------
+def trial_spec(document: dict[str, Any], params: dict[str, Any], run_dir: str, trial_id: str) -> Any:
+    trial = search.apply_params(document, params)
+    trial["output"] = {**trial.get("output", {}), "dir": storage.join(run_dir, TRIALS_DIR), "name": trial_id}
+    return validate(trial)
+
+
+def _run_trial(config: dict[str, Any], document: dict[str, Any], prepared: Any, run_dir: str) -> None:
+    from ray import tune
+    from ray.train import CheckpointConfig
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    section = search.TuneSection.model_validate(document["tune"])
+    trial_id = tune.get_context().get_trial_id()
+    spec = trial_spec(document, decode(config, section), run_dir, trial_id)
+    trial_dir = run_dir_of(spec)
+    storage.write_text(storage.join(trial_dir, "spec.yaml"), dump_spec(spec))
+    storage.write_text(storage.join(trial_dir, ATTEMPTS_FILE), str(attempts(trial_dir) + 1))
+    if prepared is None:  # the space changes the data or the task: each trial reads its own
+        prepared = prepare_data(spec)
+    metric, mode = metric_and_mode(spec, section)
+    trainer = build_trainer(
+        spec,
+        prepared,
+        callbacks=[TuneReportCallback()],
+        # The best epoch's checkpoint is kept for best/ (Ray Train also keeps the latest).
+        checkpoint_config=CheckpointConfig(
+            num_to_keep=1, checkpoint_score_attribute=metric, checkpoint_score_order=mode
+        ),
+    )
+    result = trainer.fit()  # a retried trial resumes from its own latest checkpoint
+    if result.error is not None:
+        raise TrainingFailed(f"trial {trial_id} failed: {result.error}")
+
+
+def attempts(trial_dir: str) -> int:
+    """Times the trial in ``trial_dir`` started (retries and resumed searches count)."""
+    location = storage.join(trial_dir, ATTEMPTS_FILE)
+    return int(storage.read_text(location)) if storage.exists(location) else 0
+
+
+# -- the search space in Ray Tune's terms ---------------------------------------------
+def _scalar(value: Any) -> bool:
+    return value is None or isinstance(value, str | int | float | bool)
+
+
+def _by_index(distribution: search.Distribution) -> bool:
+    # Tune and Optuna sample plain values; sections (dicts) and lists go by their index.
+    return distribution.categorical and not all(_scalar(v) for v in distribution.values)
+
+
+def param_space(section: search.TuneSection) -> dict[str, Any]:
+    from ray import tune
+
+    space = {}
+    for key, distribution in section.space.items():
+        values = list(range(len(distribution.values))) if _by_index(distribution) else distribution.values
+        if distribution.categorical:
+            grid = section.search.type == "grid"
+            space[key] = tune.grid_search(values) if grid else tune.choice(values)
+        else:
+            low, high = distribution.values
+            sampler = {"uniform": tune.uniform, "loguniform": tune.loguniform, "randint": tune.randint}
+            space[key] = sampler[distribution.kind](low, high)
+    return space
+
+
+def decode(config: dict[str, Any], section: search.TuneSection) -> dict[str, Any]:
+    """A trial's sampled config → {dotted key: spec value}."""
+    params = {}
+    for key, distribution in section.space.items():
+        value = config[key]
+        params[key] = distribution.values[value] if _by_index(distribution) else value
+    return params
+
+
+def metric_and_mode(spec: Any, section: search.TuneSection) -> tuple[str, str]:
+    metric = section.metric or search.default_metric(spec)
+    return metric, section.mode or search.default_mode(metric)
+
+
+def _scheduler(section: search.TuneSection, spec: Any) -> Any:
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    chosen = section.scheduler
+    if chosen.type == "asha":
+        return ASHAScheduler(
+            time_attr="training_iteration",  # one report per epoch
+            max_t=spec.train.epochs,
+            grace_period=chosen.grace_period,
+            reduction_factor=chosen.reduction_factor,
+        )
+    if chosen.type == "pbt":
+        raise RunError("tune.scheduler: pbt is not available yet (see the README's search section)")
+    return FIFOScheduler()
+
+
+def _search_algorithm(section: search.TuneSection) -> Any:
+    if section.search.type == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        return OptunaSearch(seed=section.search.seed)
+    from ray.tune.search import BasicVariantGenerator
+
+    # Tune ignores TuneConfig.max_concurrent_trials for a generator; it takes its own.
+    return BasicVariantGenerator(
+        random_state=section.search.seed, max_concurrent=section.max_concurrent_trials
+    )
+
+
+# -- progress on the driver -----------------------------------------------------------
+def _progress_callback(metric: str, mode: str) -> Any:
+    from ray.tune import Callback
+
+    class Progress(Callback):
+        """One line per trial event: its metric, the counts by state, the best so far."""
+
+        def __init__(self) -> None:
+            self.best: tuple[float, str] | None = None
+            self.started = time.perf_counter()
+
+        def _counts(self, trials: list[Any]) -> str:
+            states: dict[str, int] = {}
+            for trial in trials:
+                states[trial.status.lower()] = states.get(trial.status.lower(), 0) + 1
+            return ", ".join(f"{count} {state}" for state, count in sorted(states.items()))
+
+        def on_trial_result(
+            self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
+        ) -> None:
+            value = result.get(metric)
+            if isinstance(value, int | float):
+                better = self.best is None or (
+                    value > self.best[0] if mode == "max" else value < self.best[0]
+                )
+                if better:
+                    self.best = (value, trial.trial_id)
+            shown = f"{value:.4f}" if isinstance(value, int | float) else "—"
+            best = f"{self.best[0]:.4f} ({self.best[1]})" if self.best else "—"
+            print(
+                f"[raft tune] {time.perf_counter() - self.started:6.0f}s  trial {trial.trial_id} "
+                f"epoch {result.get('epoch')}: {metric}={shown} · {self._counts(trials)} · best {best}",
+                flush=True,
+            )
+
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            print(f"[raft tune] trial {trial.trial_id} ended · {self._counts(trials)}", flush=True)
+
+        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            print(f"[raft tune] trial {trial.trial_id} failed · {self._counts(trials)}", flush=True)
+
+    return Progress()
+
+
+# -- running a search -----------------------------------------------------------------
+def _shares_data(section: search.TuneSection) -> bool:
+    # Trials share one prepared dataset unless the space changes what preprocessing makes.
+    return not any(key.split(".")[0] in ("data", "task", "model") for key in section.space)
+
+
+def run_search(spec: Any, address: str | None = None, verbose: bool = False) -> SearchOutcome:
+    """Check the spec, run every trial, write the leaderboard and export the winner."""
+    if spec.tune is None:
+        raise RunError("the spec has no tune: section (raft train runs a single run)")
+    spec = preflight(spec)
+    run_dir = run_dir_of(spec)
+    if storage.exists(storage.join(run_dir, BEST_DIR)):
+        raise RunError(
+            f"search {spec.run_name!r} already finished: see {run_dir}. Choose another output.name."
+        )
+    if storage.exists(storage.join(run_dir, SEARCH_DIR)):
+        raise RunError(
+            f"search {spec.run_name!r} already started at {run_dir}; continue it with --resume {run_dir}"
+        )
+    return _search(spec, run_dir, address, verbose, resume=False)
+
+
+def resume_search(run_dir: str, address: str | None = None, verbose: bool = False) -> SearchOutcome:
+    """Continue the search at ``run_dir``: finished trials stay, unfinished and errored ones rerun."""
+    spec_file = storage.join(run_dir, "spec.yaml")
+    if not storage.exists(spec_file) or not storage.exists(storage.join(run_dir, SEARCH_DIR)):
+        raise RunError(f"{run_dir} is not a search started by raft tune (no spec.yaml and search/ there)")
+    import yaml
+
+    spec = validate(yaml.safe_load(storage.read_text(spec_file)), source=spec_file)
+    if spec.tune is None:
+        raise RunError(f"{spec_file} has no tune: section; {run_dir} is a raft train run")
+    return _search(preflight_resumed(spec), run_dir, address, verbose, resume=True)
+
+
+def preflight_resumed(spec: Any) -> Any:
+    from raft.train import check_model_path
+
+    check_model_path(spec)
+    data.resolve_sources(spec)
+    return spec
+
+
+def _search(spec: Any, run_dir: str, address: str | None, verbose: bool, resume: bool) -> SearchOutcome:
+    import os
+
+    # Tune saves the search state every so often ("auto": rarely, to keep the overhead
+    # near 5%); a trial that finished after the last save reruns after an interruption.
+    # The state is a few KB per trial: save it every second instead.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+    from ray import tune
+
+    section = spec.tune
+    metric, mode = metric_and_mode(spec, section)
+    started = time.perf_counter()
+    with connect(spec, address, verbose=verbose, concurrent_runs=section.max_concurrent_trials):
+        prepared = prepare_data(spec)  # bad rows stop the search here, before any trial
+        print(f"[raft tune] search {spec.run_name}: {describe(spec, prepared)} → {run_dir}", flush=True)
+        if not resume:
+            storage.write_text(storage.join(run_dir, "spec.yaml"), dump_spec(spec))
+        trainable = tune.with_resources(
+            tune.with_parameters(
+                _run_trial,
+                document=spec.model_dump(mode="json"),
+                prepared=prepared if _shares_data(section) else None,
+                run_dir=run_dir,
+            ),
+            # The trial's workers reserve its CPUs; the function only waits on them, so it
+            # takes a token share (Tune refuses an empty request).
+            {"CPU": TRIAL_FUNCTION_CPUS},
+        )
+        search_path = storage.join(run_dir, SEARCH_DIR)
+        if resume:
+            tuner = tune.Tuner.restore(
+                search_path, trainable=trainable, resume_unfinished=True, resume_errored=True
+            )
+        else:
+            tuner = tune.Tuner(
+                trainable,
+                param_space=param_space(section),
+                tune_config=tune.TuneConfig(
+                    metric=metric,
+                    mode=mode,
+                    num_samples=section.num_samples,
+                    # (a random/grid generator takes the limit itself: _search_algorithm)
+                    max_concurrent_trials=section.max_concurrent_trials
+                    if section.search.type == "optuna"
+                    else None,
+                    scheduler=_scheduler(section, spec),
+                    search_alg=_search_algorithm(section),
+                ),
+                run_config=tune.RunConfig(
+                    name=SEARCH_DIR,
+                    storage_path=run_dir,
+                    failure_config=tune.FailureConfig(max_failures=section.max_failures),
+                    callbacks=[_progress_callback(metric, mode)],
+                    verbose=1 if verbose else 0,
+                ),
+            )
+        grid = tuner.fit()
+        rows = leaderboard_rows(grid, spec, section, metric, mode, run_dir)
+        storage.write_text(
+            storage.join(run_dir, "leaderboard.csv"), search.leaderboard_csv(rows, list(section.space))
+        )
+        print("\n" + search.leaderboard_table(rows, list(section.space), metric), flush=True)
+        _plot(rows, metric, run_dir)
+        best_dir = _export_best(rows, spec, prepared, run_dir, metric, mode)
+    return SearchOutcome(run_dir, best_dir, metric, mode, rows, time.perf_counter() - started)
+
+
+def leaderboard_rows(
+    grid: Any, spec: Any, section: Any, metric: str, mode: str, run_dir: str
+) -> list[dict[str, Any]]:
+    rows = []
+    for result in grid:
+        frame = result.metrics_dataframe
+        history = frame.to_dict("records") if frame is not None else []
+        trial_id = (result.metrics or {}).get(_TRIAL_ID) or Path(result.path).name
+        params = decode(result.config, section)
+        planned = validate(search.apply_params(spec.model_dump(mode="json"), params)).train.epochs
+        best = search.best_epoch(history, metric, mode)
+        epochs = int(history[-1].get("epoch", len(history))) if history else 0
+        rows.append(
+            {
+                "trial": trial_id,
+                "params": params,
+                "status": "errored" if result.error else "finished",
+                "attempts": attempts(storage.join(run_dir, TRIALS_DIR, trial_id)),
+                "best": best[metric] if best else None,
+                "best_epoch": int(best["epoch"]) if best else None,
+                "checkpoint": best.get("checkpoint_path") if best else None,
+                "epochs": epochs,
+                "stopped_early": result.error is None and epochs < planned,
+                "wall_s": float(history[-1].get("time_total_s", 0.0)) if history else 0.0,
+                "history": [
+                    {"epoch": h.get("epoch"), metric: h.get(metric), "checkpoint": h.get("checkpoint_path")}
+                    for h in history
+                ],
+                "error": str(result.error) if result.error else None,
+            }
+        )
+    ranked = search.rank(rows, mode)
+    for place, row in enumerate(ranked, start=1):
+        row["rank"] = place
+    return ranked
+
+
+def _plot(rows: list[dict[str, Any]], metric: str, run_dir: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def draw(selected: list[dict[str, Any]], name: str, title: str) -> None:
+        figure, axes = plt.subplots(figsize=(7, 4.5))
+        for row in selected:
+            points = [(h["epoch"], h[metric]) for h in row["history"] if h.get(metric) is not None]
+            if points:
+                label = f"{row['trial']}" + (" (stopped early)" if row["stopped_early"] else "")
+                axes.plot(*zip(*points, strict=True), marker="o", label=label)
+        axes.set(xlabel="epoch", ylabel=metric, title=title)
+        axes.grid(alpha=0.3)
+        if selected:
+            axes.legend(fontsize=7)
+        figure.tight_layout()
+        image = io.BytesIO()
+        figure.savefig(image, format="png", dpi=110)
+        plt.close(figure)
+        storage.write_bytes(storage.join(run_dir, PLOTS_DIR, name), image.getvalue())
+
+    draw(rows, f"{metric}.png", f"{metric} per epoch, every trial")
+    for row in rows:
+        draw([row], f"trial_{row['trial']}.png", f"trial {row['trial']}: {search._show(row['params'])}")
+
+
+def _export_best(
+    rows: list[dict[str, Any]], spec: Any, prepared: Any, run_dir: str, metric: str, mode: str
+) -> str | None:
+    from ray.train import Checkpoint
+
+    winner = next((row for row in rows if row["checkpoint"]), None)
+    if winner is None:
+        print("[raft tune] no trial reported a checkpoint; nothing to export", flush=True)
+        return None
+    best_dir = storage.join(run_dir, BEST_DIR)
+    winning = trial_spec(spec.model_dump(mode="json"), winner["params"], run_dir, winner["trial"])
+    export_checkpoint(
+        Checkpoint(winner["checkpoint"]), winning, prepared.labels, storage.join(best_dir, MODEL_DIR)
+    )
+    storage.write_text(storage.join(best_dir, "spec.yaml"), dump_spec(winning))
+    summary = {
+        "trial": winner["trial"],
+        "params": winner["params"],
+        "primary_metric": metric,
+        "best": winner["best"],
+        "best_epoch": winner["best_epoch"],
+        "history": winner["history"],
+        "model_dir": storage.join(best_dir, MODEL_DIR),
+    }
+    storage.write_text(storage.join(best_dir, "summary.json"), json.dumps(summary, indent=2, default=str))
+    print(
+        f"[raft tune] best: trial {winner['trial']} {metric}={winner['best']:.4f} at epoch "
+        f"{winner['best_epoch']} → {best_dir}",
+        flush=True,
+    )
+    return best_dir
