@@ -151,7 +151,9 @@ def _scheduler(section: search.TuneSection, spec: Any) -> Any:
     chosen = section.scheduler
     if chosen.type == "asha":
         return ASHAScheduler(
-            time_attr="training_iteration",  # one report per epoch
+            # The epoch the worker reports, not Tune's report count: a trial resumed from
+            # its checkpoint goes on counting from where it was.
+            time_attr="epoch",
             max_t=spec.train.epochs,
             grace_period=chosen.grace_period,
             reduction_factor=chosen.reduction_factor,
@@ -295,6 +297,7 @@ def _search(spec: Any, run_dir: str, address: str | None, verbose: bool, resume:
             tuner = tune.Tuner.restore(
                 search_path, trainable=trainable, resume_unfinished=True, resume_errored=True
             )
+            _restore_asha_rungs(tuner, search_path, section, mode)
         else:
             tuner = tune.Tuner(
                 trainable,
@@ -327,6 +330,34 @@ def _search(spec: Any, run_dir: str, address: str | None, verbose: bool, resume:
         _plot(rows, metric, run_dir)
         best_dir = _export_best(rows, spec, prepared, run_dir, metric, mode)
     return SearchOutcome(run_dir, best_dir, metric, mode, rows, time.perf_counter() - started)
+
+
+def _restore_asha_rungs(tuner: Any, search_path: str, section: search.TuneSection, mode: str) -> None:
+    """Give a resumed search's ASHA the results it had seen before the interruption.
+
+    Tune restores trials and the searcher but builds the scheduler afresh from the
+    Tuner's saved config, so without this every trial after a resume would be judged
+    only against trials that also ran after it (and a poor one would not be stopped).
+    Reaches into ray 2.60's ASHA (its brackets' rungs: milestone → {trial_id: score}).
+    """
+    if section.scheduler.type != "asha":
+        return
+    from ray.tune import ExperimentAnalysis, ResultGrid
+
+    scheduler = tuner._local_tuner._tune_config.scheduler
+    metric = section.metric
+    sign = 1 if mode == "max" else -1  # ASHA compares sign * metric, larger is better
+    for result in ResultGrid(ExperimentAnalysis(search_path)):
+        frame = result.metrics_dataframe
+        trial_id = (result.metrics or {}).get(_TRIAL_ID)
+        if frame is None or trial_id is None or metric not in frame:
+            continue
+        history = frame[["epoch", metric]].dropna().to_dict("records")
+        for bracket in scheduler._brackets:
+            for milestone, recorded in bracket._rungs:
+                reached = [h[metric] for h in history if h["epoch"] >= milestone]
+                if reached:
+                    recorded.setdefault(trial_id, sign * reached[0])
 
 
 def leaderboard_rows(

@@ -16,8 +16,7 @@ import pytest
 import ray
 import yaml
 
-from raft.spec import validate
-from raft.tune import ATTEMPTS_FILE, TRIALS_DIR, resume_search, run_search
+from raft.tune import TRIALS_DIR, resume_search
 from tests.helpers import base_spec
 
 pytestmark = pytest.mark.slow
@@ -39,76 +38,6 @@ def _accuracy(model_dir: Path, rows_file: Path) -> float:
     return sum(model.config.id2label[p] == r["label"] for p, r in zip(predicted, rows, strict=True)) / len(
         rows
     )
-
-
-def test_asha_over_technique_and_lr_stops_the_poor_trials_and_exports_the_winner(
-    tiny_bert, toy_data, tmp_path
-):
-    # A learning rate of 1e-6 cannot move the tiny model in two epochs: that corner of the
-    # space is clearly worse, and ASHA must stop at least one trial there after epoch 1.
-    document = base_spec(
-        tiny_bert,
-        toy_data,
-        tmp_path,
-        train={"epochs": 2},
-        scaling={"num_workers": 1},
-        output={"name": "asha"},
-        tune={
-            "metric": "val_accuracy",
-            "mode": "max",
-            "num_samples": 1,
-            # One at a time, so ASHA sees the grid in order: the good (full, 3e-3) first,
-            # and every later trial that is worse after epoch 1 than the median is stopped.
-            "max_concurrent_trials": 1,
-            "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
-            "search": {"type": "grid"},
-            "space": {"technique.type": {"grid": ["full", "lora"]}, "train.lr": {"grid": [3e-3, 1e-6]}},
-        },
-    )
-    outcome = run_search(validate(document))
-    run_dir = Path(outcome.run_dir)
-    board = outcome.leaderboard
-    assert len(board) == 4 and all(row["status"] == "finished" for row in board)
-    combos = {(row["params"]["technique.type"], row["params"]["train.lr"]) for row in board}
-    assert combos == {("lora", 1e-6), ("lora", 3e-3), ("full", 1e-6), ("full", 3e-3)}
-    stopped = [row for row in board if row["stopped_early"]]
-    assert stopped and all(row["epochs"] == 1 for row in stopped)
-    assert all(row["best"] < board[0]["best"] for row in stopped)
-    assert [row["rank"] for row in board] == [1, 2, 3, 4]
-    assert board[0]["best"] >= board[1]["best"] >= board[2]["best"]
-
-    # Each trial really ran its own technique: LoRA trials checkpoint an adapter.
-    for row in board:
-        trial_dir = run_dir / TRIALS_DIR / row["trial"]
-        assert (
-            yaml.safe_load((trial_dir / "spec.yaml").read_text())["technique"]["type"]
-            == row["params"]["technique.type"]
-        )
-        adapter = list(trial_dir.glob("checkpoint_*/model/adapter_config.json"))
-        assert bool(adapter) == (row["params"]["technique.type"] == "lora")
-
-    with (run_dir / "leaderboard.csv").open() as handle:
-        csv_rows = list(csv.DictReader(handle))
-    assert [r["trial"] for r in csv_rows] == [row["trial"] for row in board]
-    assert {"technique.type", "train.lr", "best", "epochs", "stopped_early", "wall_s"} <= set(csv_rows[0])
-    plots = sorted(p.name for p in (run_dir / "plots").iterdir())
-    assert "val_accuracy.png" in plots and len(plots) == 5
-    assert all((run_dir / "plots" / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in plots)
-
-    best = run_dir / "best"
-    winner = yaml.safe_load((best / "spec.yaml").read_text())
-    assert (winner["technique"]["type"], winner["train"]["lr"]) == (
-        board[0]["params"]["technique.type"],
-        board[0]["params"]["train.lr"],
-    )
-    assert winner["train"]["lr"] == 3e-3 and "tune" not in winner
-    summary = json.loads((best / "summary.json").read_text())
-    assert summary["best"] == board[0]["best"] >= 0.9
-    model_dir = best / "model"
-    if winner["technique"]["type"] == "full":
-        assert _accuracy(model_dir, toy_data["validation"]) == pytest.approx(summary["best"], abs=0.02)
-    else:
-        assert (model_dir / "adapter_config.json").is_file()
 
 
 def _tune_process(spec_file: Path, log: Path) -> subprocess.Popen:
@@ -137,55 +66,101 @@ def _saved_states(search_dir: Path) -> dict[str, str]:
     return states
 
 
-def test_killed_search_resumes_without_rerunning_the_finished_trial(tiny_bert, toy_data, tmp_path):
-    # Two trials in turn. The second's raw DeepSpeed config is broken, so it fails at
-    # start-up every time: it is retried once (max_failures: 1), then reported as errored,
-    # and the search still exports the first.
+def test_asha_search_killed_resumes_retries_and_exports_the_winner(tiny_bert, toy_data, tmp_path):
+    # One search covers the whole story (each trial costs ~40 s of Ray start-up here):
+    # technique.type × a raw DeepSpeed config, tried one at a time in grid order (Tune
+    # varies the alphabetically first key fastest):
+    #   1. full, {}          learns (lr 3e-3): val_accuracy 1.0
+    #   2. full, broken      DeepSpeed refuses the config: retried once, then errored
+    #   3. lora, {}          barely moves in an epoch at this lr: ASHA stops it after epoch 1
+    #                        (judged against trial 1's epoch 1, seen before the interruption)
+    #   4. lora, broken      the same as 2
+    # The driver is killed once the first trial has finished; --resume runs the rest.
     document = base_spec(
         tiny_bert,
         toy_data,
         tmp_path,
-        train={"epochs": 1},
+        train={"epochs": 2, "lr": 3e-3},
         scaling={"num_workers": 1},
-        output={"name": "interrupted"},
+        output={"name": "asha"},
         tune={
             "metric": "val_accuracy",
+            "mode": "max",
             "num_samples": 1,
+            "max_concurrent_trials": 1,
             "max_failures": 1,
+            "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
             "search": {"type": "grid"},
             "space": {
+                "technique.type": {"grid": ["full", "lora"]},
                 "deepspeed.config": {"grid": [{}, {"zero_optimization": {"stage": "not-a-stage"}}]},
             },
         },
     )
     spec_file = tmp_path / "search.yaml"
     spec_file.write_text(yaml.safe_dump(document))
+    run_dir = tmp_path / "runs" / "asha"
     log = tmp_path / "tune.log"
     process = _tune_process(spec_file, log)
     deadline = time.monotonic() + 400
     try:
         # Kill once Tune's saved state has the first trial finished.
-        while "TERMINATED" not in _saved_states(tmp_path / "runs" / "interrupted" / "search").values():
+        while "TERMINATED" not in _saved_states(run_dir / "search").values():
             assert process.poll() is None, log.read_text()[-3000:]
             assert time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(1)
     finally:
         os.killpg(process.pid, signal.SIGKILL)  # the driver dies; its trials die with it
         process.wait()
-    run_dir = tmp_path / "runs" / "interrupted"
-    first = next(d for d in (run_dir / TRIALS_DIR).iterdir() if d.is_dir())
     assert not (run_dir / "best").exists()
+    (first,) = [d for d in (run_dir / TRIALS_DIR).iterdir() if list(d.glob("checkpoint_*"))]
     checkpoints = sorted(p.name for p in first.glob("checkpoint_*"))
 
     outcome = resume_search(str(run_dir))
 
-    board = {row["params"]["deepspeed.config"] == {}: row for row in outcome.leaderboard}
-    good, broken = board[True], board[False]
-    assert good["trial"] == first.name
-    assert (first / ATTEMPTS_FILE).read_text() == "1"  # not rerun by --resume
+    board = outcome.leaderboard
+    by_params = {(r["params"]["technique.type"], bool(r["params"]["deepspeed.config"])): r for r in board}
+    assert len(board) == 4 and len(by_params) == 4
+    good, slow = by_params[("full", False)], by_params[("lora", False)]
+    # The finished trial was not rerun by --resume.
+    assert good["trial"] == first.name and good["attempts"] == 1
     assert sorted(p.name for p in first.glob("checkpoint_*")) == checkpoints
-    assert good["status"] == "finished" and good["epochs"] == 1
-    assert broken["status"] == "errored" and broken["attempts"] == 2 and broken["best"] is None
-    assert "stage" in broken["error"]
-    assert outcome.leaderboard[0] is good and outcome.best_dir is not None
-    assert json.loads((run_dir / "best" / "summary.json").read_text())["trial"] == first.name
+    # ASHA: the clearly worse trial stopped after one epoch; the good one ran both.
+    assert (good["status"], good["epochs"], good["stopped_early"]) == ("finished", 2, False)
+    assert (slow["status"], slow["epochs"], slow["stopped_early"]) == ("finished", 1, True)
+    assert slow["best"] < good["best"]
+    # Failing trials were retried, reported, and did not sink the search.
+    for technique in ("full", "lora"):
+        broken = by_params[(technique, True)]
+        assert (broken["status"], broken["attempts"], broken["best"]) == ("errored", 2, None)
+        assert "stage" in broken["error"]
+    # Both techniques really ran: the LoRA trial checkpoints an adapter, the full one a model.
+    assert list((run_dir / TRIALS_DIR / slow["trial"]).glob("checkpoint_*/model/adapter_config.json"))
+    assert not list(first.glob("checkpoint_*/model/adapter_config.json"))
+
+    assert board[0] is good and [r["rank"] for r in board] == [1, 2, 3, 4]
+    with (run_dir / "leaderboard.csv").open() as handle:
+        csv_rows = list(csv.DictReader(handle))
+    assert [r["trial"] for r in csv_rows] == [r["trial"] for r in board]
+    assert {
+        "technique.type",
+        "deepspeed.config",
+        "best",
+        "epochs",
+        "stopped_early",
+        "attempts",
+        "wall_s",
+    } <= set(csv_rows[0])
+    plots = sorted(p.name for p in (run_dir / "plots").iterdir())
+    assert "val_accuracy.png" in plots and len(plots) == 5
+    assert all((run_dir / "plots" / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in plots)
+
+    best = run_dir / "best"
+    assert outcome.best_dir == str(best)
+    winner = yaml.safe_load((best / "spec.yaml").read_text())
+    assert (
+        winner["technique"]["type"] == "full" and winner["deepspeed"]["config"] == {} and "tune" not in winner
+    )
+    summary = json.loads((best / "summary.json").read_text())
+    assert summary["trial"] == first.name and summary["best"] == good["best"] >= 0.9
+    assert _accuracy(best / "model", toy_data["validation"]) == pytest.approx(summary["best"], abs=0.02)
