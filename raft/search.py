@@ -100,22 +100,7 @@ class FifoScheduler(SectionModel):
     type: Literal["fifo"] = "fifo"
 
 
-class PbtScheduler(SectionModel):
-    type: Literal["pbt"] = "pbt"
-    perturbation_interval: PositiveInt = Field(
-        1,
-        description="Epochs between exploit/explore steps (a trial in the bottom quantile "
-        "restarts from a top trial's checkpoint with mutated hyperparameters).",
-    )
-    quantile_fraction: float = Field(
-        0.25, gt=0.0, le=0.5, description="Share of trials in the top/bottom quantile."
-    )
-    resample_probability: float = Field(
-        0.25, ge=0.0, le=1.0, description="Chance a mutated value is resampled instead of perturbed."
-    )
-
-
-Scheduler = Annotated[FifoScheduler | AshaScheduler | PbtScheduler, Field(discriminator="type")]
+Scheduler = Annotated[FifoScheduler | AshaScheduler, Field(discriminator="type")]
 
 
 class SearchAlgorithm(SectionModel):
@@ -136,7 +121,7 @@ class TuneSection(SectionModel):
     metric: str | None = Field(
         None,
         description="Validation metric to optimise, e.g. val_accuracy (default: the task's main one; "
-        "required by asha, pbt and optuna, which act on it).",
+        "required by asha and optuna, which act on it).",
     )
     mode: Literal["min", "max"] | None = Field(
         None, description="min or max (default: min for loss/perplexity/wer/cer, else max)."
@@ -145,7 +130,10 @@ class TuneSection(SectionModel):
     max_concurrent_trials: PositiveInt = Field(
         1, description="Trials at once; each reserves its own scaling.num_workers workers."
     )
-    scheduler: Scheduler = Field(default_factory=FifoScheduler, description="fifo, asha or pbt.")
+    scheduler: Scheduler = Field(
+        default_factory=FifoScheduler,
+        description="fifo (every trial runs all its epochs) or asha (early stopping).",
+    )
     search: SearchAlgorithm = Field(default_factory=SearchAlgorithm, description="How trials are drawn.")
     max_failures: int = Field(
         1,
@@ -176,22 +164,9 @@ class TuneSection(SectionModel):
                 problems.append(
                     f"space: {{grid: ...}} ({', '.join(grids)}) needs search.type: grid; use choice with {self.search.type}"
                 )
-        if self.scheduler.type == "pbt":
-            fixed = [k for k in self.space if not _pbt_mutable(k)]
-            if fixed:
-                problems.append(
-                    f"space: pbt mutates hyperparameters of a running model, so it can search only "
-                    f"train.* keys; {', '.join(fixed)} change the model itself (use asha or fifo)"
-                )
         if problems:
             raise ValueError("; ".join(problems))
         return self
-
-
-def _pbt_mutable(key: str) -> bool:
-    # Keys that may change between epochs of one model: the optimizer's, not the model's
-    # shape or the data (batch size changes the sampler's position bookkeeping too).
-    return key in ("train.lr", "train.weight_decay", "train.max_grad_norm")
 
 
 def _is_number(value: Any) -> bool:

@@ -158,8 +158,6 @@ def _scheduler(section: search.TuneSection, spec: Any) -> Any:
             grace_period=chosen.grace_period,
             reduction_factor=chosen.reduction_factor,
         )
-    if chosen.type == "pbt":
-        raise RunError("tune.scheduler: pbt is not available yet (see the README's search section)")
     return FIFOScheduler()
 
 

@@ -21,6 +21,7 @@ PURE = [
     "raft.nodes",
     "raft.submission",
     "raft.generation",
+    "raft.search",
 ]
 
 
