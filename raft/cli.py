@@ -6,7 +6,7 @@ raft tune spec.yaml [key=value ...]          search hyperparameters (the spec's 
 raft tune --resume RUN_DIR                   continue an interrupted search
 raft eval MODEL_DIR --data FILE              score an exported model
 raft list                                    task families × techniques
-raft submit spec.yaml --address http://HEAD:8265   run it as a Ray job on a cluster
+raft submit spec.yaml --address http://HEAD:8265   run it as a Ray job on a cluster (--tune: the search)
 raft status JOB_ID / raft stop JOB_ID        follow up on a submitted job
 raft doctor [--address ADDR]                 nodes, resources, versions, shared storage
 """
@@ -189,6 +189,7 @@ def _jobs_client(address: str, token: str | None):
 )
 @click.option("--token", envvar="RAY_AUTH_TOKEN", help=_TOKEN_HELP)
 @click.option("--wait/--no-wait", default=True, help="Tail the job's logs and exit with its exit code.")
+@click.option("--tune", "as_search", is_flag=True, help="Run the spec's tune: search (raft tune) as the job.")
 def submit(
     spec_file: str,
     overrides: tuple[str, ...],
@@ -197,12 +198,17 @@ def submit(
     runtime_env_file: str,
     token: str | None,
     wait: bool,
+    as_search: bool,
 ) -> None:
-    """Run SPEC_FILE as a Ray job on the cluster at --address (raft train, remotely)."""
+    """Run SPEC_FILE as a Ray job on the cluster at --address (raft train, or raft tune
+    with --tune, remotely)."""
     from raft import jobs, submission
     from raft.cluster import ClusterError
 
     spec = _load(spec_file, overrides)  # a bad spec never leaves this machine
+    if as_search and spec.tune is None:
+        _fail(f"{spec_file} has no tune: section to search")
+    concurrent = spec.tune.max_concurrent_trials if as_search else 1
     try:
         inside = submission.relative_spec_path(spec_file, working_dir)
         env = submission.runtime_env(runtime_env_file or None, working_dir)
@@ -210,8 +216,8 @@ def submit(
         _fail(str(error))
     client = _jobs_client(address, token)
     try:
-        jobs.check_resources(client, spec)
-        job_id = jobs.submit(client, spec, inside, list(overrides), env)
+        jobs.check_resources(client, spec, concurrent)
+        job_id = jobs.submit(client, spec, inside, list(overrides), env, "tune" if as_search else "train")
     except ClusterError as error:
         _fail(str(error))
     click.echo(f"[raft] submitted job {job_id}")

@@ -59,23 +59,29 @@ def connect(address: str, token: str | None = None) -> Any:
         raise ClusterError(f"cannot use the Ray Jobs API at {url}: {_first_line(error)}") from None
 
 
-def check_resources(client: Any, spec: Any) -> None:
-    """Refuse a spec the cluster cannot place, instead of a job that pends forever."""
+def check_resources(client: Any, spec: Any, concurrent_runs: int = 1) -> None:
+    """Refuse a spec the cluster cannot place, instead of a job that pends forever
+    (``concurrent_runs``: a search's trials at once)."""
     totals: dict[str, float] = {}
     for node in _alive_nodes(client):
         for key, value in (node.get("resources_total") or {}).items():
             totals[key] = totals.get(key, 0.0) + float(value)
-    problems = resource_problems(spec, totals)
+    problems = resource_problems(spec, totals, concurrent_runs)
     if problems:
         raise ClusterError("the cluster is too small for this spec: " + "; ".join(problems))
 
 
 def submit(
-    client: Any, spec: Any, spec_in_working_dir: str, overrides: list[str], runtime_env: dict[str, Any]
+    client: Any,
+    spec: Any,
+    spec_in_working_dir: str,
+    overrides: list[str],
+    runtime_env: dict[str, Any],
+    command: str = "train",
 ) -> str:
     job_id = submission.submission_id(spec.run_name)
     return client.submit_job(
-        entrypoint=submission.entrypoint(spec_in_working_dir, overrides),
+        entrypoint=submission.entrypoint(spec_in_working_dir, overrides, command),
         submission_id=job_id,
         runtime_env=runtime_env,
         metadata={"raft_run": spec.run_name},

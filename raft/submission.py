@@ -52,9 +52,14 @@ def relative_spec_path(spec_file: str | os.PathLike, working_dir: str | os.PathL
         ) from None
 
 
-def entrypoint(spec_in_working_dir: str, overrides: list[str] | tuple[str, ...]) -> str:
-    """The shell command the job runs on the cluster's head node."""
-    return shlex.join(["raft", "train", spec_in_working_dir, *overrides])
+def entrypoint(
+    spec_in_working_dir: str, overrides: list[str] | tuple[str, ...], command: str = "train"
+) -> str:
+    """The shell command the job runs on the cluster's head node: ``raft train``, or
+    ``raft tune`` for a search."""
+    if command not in ("train", "tune"):
+        raise SubmissionError(f"a job runs raft train or raft tune, not raft {command}")
+    return shlex.join(["raft", command, spec_in_working_dir, *overrides])
 
 
 def runtime_env(runtime_env_file: str | os.PathLike | None, working_dir: str | os.PathLike) -> dict[str, Any]:

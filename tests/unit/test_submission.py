@@ -30,6 +30,9 @@ def test_spec_must_live_inside_the_working_dir(tmp_path):
 
 
 def test_entrypoint_quotes_overrides():
+    assert submission.entrypoint("jobs/s.yaml", [], "tune") == "raft tune jobs/s.yaml"
+    with pytest.raises(submission.SubmissionError, match="not raft eval"):
+        submission.entrypoint("jobs/s.yaml", [], "eval")
     command = submission.entrypoint("jobs/x.yaml", ["train.lr=3e-4", "output.name=my run"])
     assert shlex.split(command) == ["raft", "train", "jobs/x.yaml", "train.lr=3e-4", "output.name=my run"]
 
