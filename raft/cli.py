@@ -57,9 +57,15 @@ def validate(spec_file: str, overrides: tuple[str, ...]) -> None:
         spec = preflight(spec)
     except (DataError, RunError) as error:
         _fail(str(error))
+    search = ""
+    if spec.tune is not None:
+        search = (
+            f" · search over {', '.join(spec.tune.space)}: {spec.tune.num_samples} trials, "
+            f"{spec.tune.scheduler.type}, {spec.tune.search.type}"
+        )
     click.echo(
         f"{spec_file}: valid · {spec.task.type} · {spec.technique.type} · "
-        f"{spec.scaling.num_workers} workers · ZeRO {spec.deepspeed.zero_stage}"
+        f"{spec.scaling.num_workers} workers · ZeRO {spec.deepspeed.zero_stage}{search}"
     )
 
 
@@ -75,6 +81,8 @@ def train(spec_file: str, overrides: tuple[str, ...], address: str | None, verbo
     from raft.train import RunError, TrainingFailed, fit
 
     spec = _load(spec_file, overrides)
+    if spec.tune is not None:
+        click.echo("[raft] the spec's tune: section is not used by raft train (one run, base values); raft tune searches")
     try:
         outcome = fit(spec, address=address, verbose=verbose)
     except (DataError, ClusterError, RunError) as error:

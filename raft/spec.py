@@ -28,7 +28,7 @@ from pydantic import (
 
 from raft import registry
 from raft.registry import SectionModel
-from raft.search import TuneSection, metric_problems, space_problems
+from raft.search import AshaScheduler, SearchAlgorithm, TuneSection, metric_problems, space_problems
 
 
 class SpecError(ValueError):
@@ -376,6 +376,9 @@ def reference_markdown() -> str:
         "scaling": ScalingSection,
         "deepspeed": DeepSpeedSection,
         "output": OutputSection,
+        "tune": TuneSection,
+        "tune.scheduler (type: asha)": AshaScheduler,
+        "tune.search": SearchAlgorithm,
     }
     for name, task in registry.tasks().items():
         sections[f"task (type: {name})"] = task.spec_class
@@ -391,11 +394,15 @@ def reference_markdown() -> str:
             if key == "type":
                 continue
             default = "required" if info.is_required() else info.get_default(call_default_factory=True)
-            if isinstance(default, BaseModel):  # a nested section: its own table, once
+            if isinstance(default, BaseModel) and "type" not in type(default).model_fields:
+                # a nested section: its own table, once
+                parent = title.split(" ")[0]
                 if type(default) not in seen_nested:
                     seen_nested.add(type(default))
-                    pending.append((f"task.{key}", type(default)))
-                shown = f"see `task.{key}`"
+                    pending.append((f"{parent}.{key}", type(default)))
+                shown = f"see `{parent}.{key}`"
+            elif isinstance(default, BaseModel):  # a typed choice: its type is the default
+                shown = f"`{{type: {default.type}}}`"
             else:
                 shown = "required" if default == "required" else f"`{json_default(default)}`"
             lines.append(f"| `{key}` | {shown} | {info.description or ''} |")

@@ -113,3 +113,40 @@ def test_list_prints_the_matrix():
     for family in ("image_classification", "speech_recognition", "image_text"):
         cells = " ".join(by_family[family])
         assert cells.startswith("yes yes yes yes no [") and cells.count("no [") == 2, cells
+
+
+SEARCH = {"metric": "val_accuracy", "space": {"train.lr": {"loguniform": [1e-4, 1e-2]}}}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([], "give a spec file to start a search, or --resume RUN_DIR"),
+        (["--resume", "{tmp}/runs/nothing-here"], "is not a search started by raft tune"),
+        (["{bad_key}"], "tune.space.train.lrr: not a key of the spec"),
+        (["{spec}", "tune.metric=val_bleu"], "never report 'val_bleu'"),
+        (
+            ["{spec}", "data.train=/nonexistent/train.jsonl"],
+            "data.train '/nonexistent/train.jsonl' does not exist",
+        ),
+    ],
+)
+def test_tune_refuses_bad_input_before_starting_ray(write_spec, tmp_path, monkeypatch, args, message):
+    connects = []
+    monkeypatch.setattr("raft.tune.connect", lambda *a, **k: connects.append(a))
+    bad_key = write_spec(tune={"space": {"train.lrr": [1e-3]}})
+    bad_key = bad_key.rename(tmp_path / "bad_key.yaml")
+    spec = write_spec(tune=SEARCH)
+    result = run("tune", *[a.format(tmp=tmp_path, spec=spec, bad_key=bad_key) for a in args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert connects == []  # no cluster was started or joined, no trial ran
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_tune_needs_a_tune_section_and_validate_describes_the_search(write_spec):
+    result = run("tune", write_spec())
+    assert result.exit_code == 2 and "has no tune: section" in result.output
+    result = run("validate", write_spec(tune=SEARCH))
+    assert result.exit_code == 0, result.output
+    assert "search over train.lr: 4 trials, fifo, random" in result.output
