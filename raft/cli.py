@@ -82,7 +82,9 @@ def train(spec_file: str, overrides: tuple[str, ...], address: str | None, verbo
 
     spec = _load(spec_file, overrides)
     if spec.tune is not None:
-        click.echo("[raft] the spec's tune: section is not used by raft train (one run, base values); raft tune searches")
+        click.echo(
+            "[raft] the spec's tune: section is not used by raft train (one run, base values); raft tune searches"
+        )
     try:
         outcome = fit(spec, address=address, verbose=verbose)
     except (DataError, ClusterError, RunError) as error:
