@@ -60,8 +60,8 @@ def validate(spec_file: str, overrides: tuple[str, ...]) -> None:
     search = ""
     if spec.tune is not None:
         search = (
-            f" · search over {', '.join(spec.tune.space)}: {spec.tune.num_samples} trials, "
-            f"{spec.tune.scheduler.type}, {spec.tune.search.type}"
+            f" · search over {', '.join(spec.tune.space)}: {spec.tune.population} trials "
+            f"({spec.tune.concurrency} at once), {spec.tune.scheduler.type}, {spec.tune.search.type}"
         )
     click.echo(
         f"{spec_file}: valid · {spec.task.type} · {spec.technique.type} · "
@@ -218,7 +218,7 @@ def submit(
     spec = _load(spec_file, overrides)  # a bad spec never leaves this machine
     if as_search and spec.tune is None:
         _fail(f"{spec_file} has no tune: section to search")
-    concurrent = spec.tune.max_concurrent_trials if as_search else 1
+    concurrent = spec.tune.concurrency if as_search else 1
     try:
         inside = submission.relative_spec_path(spec_file, working_dir)
         env = submission.runtime_env(runtime_env_file or None, working_dir)

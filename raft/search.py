@@ -100,7 +100,35 @@ class FifoScheduler(SectionModel):
     type: Literal["fifo"] = "fifo"
 
 
-Scheduler = Annotated[FifoScheduler | AshaScheduler, Field(discriminator="type")]
+class PbtScheduler(SectionModel):
+    type: Literal["pbt"] = "pbt"
+    perturbation_interval: PositiveInt = Field(
+        1,
+        description="Epochs between exploit/explore steps: a trial in the bottom quantile restarts "
+        "from a top trial's checkpoint with its hyperparameters mutated.",
+    )
+    quantile_fraction: float = Field(
+        0.25, gt=0.0, le=0.5, description="Share of trials in the top and in the bottom quantile."
+    )
+    resample_probability: float = Field(
+        0.25,
+        ge=0.0,
+        le=1.0,
+        description="Chance a mutated value is drawn afresh instead of scaled by 0.8 or 1.2.",
+    )
+    mutations: dict[str, Distribution] = Field(
+        default_factory=dict,
+        description="Where a mutated value is drawn from, by key (default: the key's own space "
+        "distribution). A range scales the value by 0.8 or 1.2 (or redraws it); a list moves to a "
+        "neighbouring value (or redraws one).",
+    )
+
+
+# What population-based training may change in a running trial: it restarts the trial from
+# another one's checkpoint, so the model, the data and the optimizer's state must carry over.
+PBT_MUTABLE = ("train.lr", "train.max_grad_norm")
+
+Scheduler = Annotated[FifoScheduler | AshaScheduler | PbtScheduler, Field(discriminator="type")]
 
 
 class SearchAlgorithm(SectionModel):
@@ -121,18 +149,22 @@ class TuneSection(SectionModel):
     metric: str | None = Field(
         None,
         description="Validation metric to optimise, e.g. val_accuracy (default: the task's main one; "
-        "required by asha and optuna, which act on it).",
+        "required by asha, pbt and optuna, which act on it).",
     )
     mode: Literal["min", "max"] | None = Field(
         None, description="min or max (default: min for loss/perplexity/wer/cer, else max)."
     )
     num_samples: PositiveInt = Field(4, description="Trials to run (with grid: repeats of the whole grid).")
-    max_concurrent_trials: PositiveInt = Field(
-        1, description="Trials at once; each reserves its own scaling.num_workers workers."
+    max_concurrent_trials: PositiveInt | None = Field(
+        None,
+        description="Trials at once (default 1; pbt: the whole population, which trains "
+        "together); each reserves its own scaling.num_workers workers.",
     )
     scheduler: Scheduler = Field(
         default_factory=FifoScheduler,
-        description="fifo (every trial runs all its epochs) or asha (early stopping).",
+        description="fifo (every trial runs all its epochs), asha (early stopping) or pbt "
+        "(population-based training: poor trials restart from good ones' checkpoints with "
+        "mutated train.lr / train.max_grad_norm).",
     )
     search: SearchAlgorithm = Field(default_factory=SearchAlgorithm, description="How trials are drawn.")
     max_failures: int = Field(
@@ -146,7 +178,7 @@ class TuneSection(SectionModel):
         problems = []
         if not self.space:
             problems.append("space: name at least one spec key to search")
-        acting = self.scheduler.type if self.scheduler.type != "fifo" else None
+        acting = self.scheduler.type if self.scheduler.type != "fifo" else None  # asha, pbt
         acting = acting or ("optuna" if self.search.type == "optuna" else None)
         if acting and self.metric is None:
             problems.append(
@@ -164,9 +196,48 @@ class TuneSection(SectionModel):
                 problems.append(
                     f"space: {{grid: ...}} ({', '.join(grids)}) needs search.type: grid; use choice with {self.search.type}"
                 )
+        if self.scheduler.type == "pbt":
+            fixed = [k for k in self.space if k not in PBT_MUTABLE]
+            if fixed:
+                problems.append(
+                    f"space: pbt restarts trials from each other's checkpoints, so it can search only "
+                    f"{', '.join(PBT_MUTABLE)}; {', '.join(fixed)} would change the model or the data "
+                    "(use asha or fifo)"
+                )
+            if self.search.type == "optuna":
+                problems.append("search: pbt draws its own mutations; use search.type random or grid")
+            stray = [k for k in self.scheduler.mutations if k not in self.space]
+            if stray:
+                problems.append(
+                    f"scheduler.mutations: {', '.join(stray)} not in space (mutate only searched keys)"
+                )
+            if self.population < 2:
+                problems.append("num_samples: pbt needs a population of at least 2 trials")
+            if self.max_concurrent_trials is not None and self.max_concurrent_trials < self.population:
+                problems.append(
+                    f"max_concurrent_trials: pbt trains its population of {self.population} trials together "
+                    f"(a trial exploits the others' checkpoints as they train); set it to {self.population} "
+                    "or leave it out"
+                )
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    @property
+    def population(self) -> int:
+        """How many trials the search runs: num_samples, times every grid combination."""
+        combinations = 1
+        if self.search.type == "grid":
+            for distribution in self.space.values():
+                combinations *= len(distribution.values)
+        return self.num_samples * combinations
+
+    @property
+    def concurrency(self) -> int:
+        """Trials at once: PBT's whole population trains together."""
+        if self.scheduler.type == "pbt":
+            return max(self.max_concurrent_trials or 0, self.population)
+        return self.max_concurrent_trials or 1
 
 
 def _is_number(value: Any) -> bool:

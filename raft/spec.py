@@ -28,7 +28,14 @@ from pydantic import (
 
 from raft import registry
 from raft.registry import SectionModel
-from raft.search import AshaScheduler, SearchAlgorithm, TuneSection, metric_problems, space_problems
+from raft.search import (
+    AshaScheduler,
+    PbtScheduler,
+    SearchAlgorithm,
+    TuneSection,
+    metric_problems,
+    space_problems,
+)
 
 
 class SpecError(ValueError):
@@ -378,6 +385,7 @@ def reference_markdown() -> str:
         "output": OutputSection,
         "tune": TuneSection,
         "tune.scheduler (type: asha)": AshaScheduler,
+        "tune.scheduler (type: pbt)": PbtScheduler,
         "tune.search": SearchAlgorithm,
     }
     for name, task in registry.tasks().items():

@@ -151,8 +151,11 @@ def build_trainer(
     prepared: data.PreparedData,
     callbacks: list[Any] | None = None,
     checkpoint_config: Any = None,
+    start_from: Any = None,
 ) -> Any:
-    """The ``TorchTrainer`` of one run (``raft train``, or one trial of ``raft tune``)."""
+    """The ``TorchTrainer`` of one run (``raft train``, or one trial of ``raft tune``);
+    ``start_from`` is another run's ``Checkpoint`` to begin from when this run
+    has none of its own (Ray Train v2 dropped ``resume_from_checkpoint`` for this)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -163,6 +166,7 @@ def build_trainer(
             "labels": list(prepared.labels.names) if prepared.labels else None,
             "rows_per_worker": prepared.train_rows // spec.scaling.num_workers,
             "samples": prepared.samples,
+            "start_from": start_from,
         },
         scaling_config=ScalingConfig(
             num_workers=spec.scaling.num_workers,

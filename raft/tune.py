@@ -10,10 +10,17 @@ epoch's validation metrics (reported by the workers) to Tune, where ASHA acts on
 trial function itself holds no CPU: its workers reserve what the trial's ``scaling`` says,
 and ``tune.max_concurrent_trials`` bounds how many trials hold workers at once.
 
+Population-based training needs the checkpoints themselves in Tune (an exploiting trial
+restarts from another's), which ``TuneReportCallback`` does not hand over: under PBT the
+trainer runs in a thread, a Train callback relays each report's metrics and checkpoint
+through a queue, and the trial function reports both. A restart is a new Train run,
+``trials/<trial_id>-<n>``, begun from the checkpoint Tune hands the trial.
+
 Output under the run folder (``output.dir/output.name``):
     spec.yaml            the search spec, resolved (what --resume reads)
     search/              Ray Tune's experiment state (Tuner.restore reads it)
     trials/<trial_id>/   each trial's Ray Train run: checkpoints, spec.yaml
+                         (PBT: trials/<trial_id>-<n>/ for each restart, with start.json)
     leaderboard.csv      one row per trial, best first
     plots/               the metric per epoch: every trial on one plot, and one per trial
     best/                the winner, laid out as ``raft train`` lays out a run:
@@ -74,29 +81,127 @@ def trial_spec(document: dict[str, Any], params: dict[str, Any], run_dir: str, t
 def _run_trial(config: dict[str, Any], document: dict[str, Any], prepared: Any, run_dir: str) -> None:
     from ray import tune
     from ray.train import CheckpointConfig
-    from ray.tune.integration.ray_train import TuneReportCallback
 
     section = search.TuneSection.model_validate(document["tune"])
     trial_id = tune.get_context().get_trial_id()
-    spec = trial_spec(document, decode(config, section), run_dir, trial_id)
-    trial_dir = run_dir_of(spec)
-    storage.write_text(storage.join(trial_dir, "spec.yaml"), dump_spec(spec))
-    storage.write_text(storage.join(trial_dir, ATTEMPTS_FILE), str(attempts(trial_dir) + 1))
+    trials_dir = storage.join(run_dir, TRIALS_DIR, trial_id)
+    attempt = attempts(trials_dir) + 1
+    storage.write_text(storage.join(trials_dir, ATTEMPTS_FILE), str(attempt))
+    # A trial is one Ray Train run, which a retry resumes from its own latest checkpoint.
+    # Under PBT every start is a new run, begun from the checkpoint PBT hands the trial
+    # (its own, or after an exploit another trial's).
+    pbt = section.scheduler.type == "pbt"
+    name = f"{trial_id}-{attempt}" if pbt and attempt > 1 else trial_id
+    spec = trial_spec(document, decode(config, section), run_dir, name)
+    storage.write_text(storage.join(run_dir_of(spec), "spec.yaml"), dump_spec(spec))
     if prepared is None:  # the space changes the data or the task: each trial reads its own
         prepared = prepare_data(spec)
     metric, mode = metric_and_mode(spec, section)
+    # The best epoch's checkpoint is kept for best/ (Ray Train also keeps the latest).
+    keep = CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=metric, checkpoint_score_order=mode)
+    if pbt:
+        # Any checkpoint a trial reported may be cloned later, after its own run has moved
+        # on: under PBT no run deletes its checkpoints.
+        keep = CheckpointConfig(num_to_keep=None)
+        _fit_reporting_checkpoints(spec, prepared, keep, tune.get_checkpoint())
+        return
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    result = build_trainer(spec, prepared, callbacks=[TuneReportCallback()], checkpoint_config=keep).fit()
+    if result.error is not None:
+        raise TrainingFailed(f"trial {trial_id} failed: {result.error}")
+
+
+def _fit_reporting_checkpoints(spec: Any, prepared: Any, keep: Any, start: Any) -> None:
+    """Fit, handing Tune each epoch's metrics *and checkpoint* (PBT exploits checkpoints;
+    ``TuneReportCallback`` carries only their paths). The trainer runs in a thread; its
+    controller's callback queues every report, and this function reports them to Tune."""
+    import threading
+
+    from ray import tune
+    from ray.util.queue import Empty, Queue
+
+    if start is not None:
+        # Where this start came from (PBT: a checkpoint of this trial or of the one it cloned).
+        values = _mutable_values(spec)
+        storage.write_text(
+            storage.join(run_dir_of(spec), "start.json"),
+            json.dumps({"checkpoint": start.path, "params": values}, indent=2),
+        )
+        print(
+            f"[raft tune] {spec.run_name}: starts from {start.path} with "
+            + ", ".join(f"{k}={v}" for k, v in values.items()),
+            flush=True,
+        )
+        finished = _finished_state(start, spec)
+        if finished is not None:
+            # PBT handed this trial a checkpoint of a run that already ran its last epoch:
+            # there is nothing left to train, so its last result stands as this trial's.
+            tune.report({**finished, "checkpoint_path": start.path}, checkpoint=start)
+            return
+
+    reports: Queue = Queue(actor_options={"num_cpus": 0})
     trainer = build_trainer(
         spec,
         prepared,
-        callbacks=[TuneReportCallback()],
-        # The best epoch's checkpoint is kept for best/ (Ray Train also keeps the latest).
-        checkpoint_config=CheckpointConfig(
-            num_to_keep=1, checkpoint_score_attribute=metric, checkpoint_score_order=mode
-        ),
+        callbacks=[_QueueReports(reports)],
+        checkpoint_config=keep,
+        start_from=start,
     )
-    result = trainer.fit()  # a retried trial resumes from its own latest checkpoint
-    if result.error is not None:
-        raise TrainingFailed(f"trial {trial_id} failed: {result.error}")
+    outcome: dict[str, Any] = {}
+
+    def fit() -> None:
+        try:
+            outcome["result"] = trainer.fit()
+        except BaseException as error:  # re-raised below, in Tune's thread
+            outcome["error"] = error
+
+    thread = threading.Thread(target=fit, name="raft-trial-fit", daemon=True)
+    thread.start()
+    while thread.is_alive() or not reports.empty():
+        try:
+            metrics, checkpoint = reports.get(timeout=1.0)
+        except Empty:
+            continue
+        tune.report(metrics, checkpoint=checkpoint)
+    if "error" in outcome:
+        raise TrainingFailed(f"trial failed: {outcome['error']}") from outcome["error"]
+    if outcome["result"].error is not None:
+        raise TrainingFailed(f"trial failed: {outcome['result'].error}")
+
+
+def _finished_state(checkpoint: Any, spec: Any) -> dict[str, Any] | None:
+    """The last epoch's metrics of a checkpoint whose run has no epoch left under ``spec``."""
+    from raft.worker import STATE_FILE, TrainState, _scalars
+
+    with checkpoint.filesystem.open_input_stream(f"{checkpoint.path}/{STATE_FILE}") as stream:
+        state = TrainState(**json.loads(stream.read()))
+    steps_done = spec.train.max_steps is not None and state.global_step >= spec.train.max_steps
+    if (state.epoch >= spec.train.epochs or steps_done) and state.history:
+        return _scalars(state.history[-1])
+    return None
+
+
+def _mutable_values(spec: Any) -> dict[str, Any]:
+    document = spec.model_dump(mode="json")
+    values = {}
+    for key in search.PBT_MUTABLE:
+        section, field = key.split(".")
+        values[key] = document[section][field]
+    return values
+
+
+def _QueueReports(queue: Any) -> Any:  # noqa: N802 (builds a callback class lazily: Ray import)
+    from ray.train.v2.api.callback import UserCallback
+
+    class QueueReports(UserCallback):
+        """Runs in the Train controller: rank 0's metrics and the checkpoint's path."""
+
+        def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+            path = checkpoint.path if checkpoint else None
+            queue.put(({**metrics[0], "checkpoint_path": path}, checkpoint))
+
+    return QueueReports()
 
 
 def attempts(trial_dir: str) -> int:
@@ -158,6 +263,29 @@ def _scheduler(section: search.TuneSection, spec: Any) -> Any:
             grace_period=chosen.grace_period,
             reduction_factor=chosen.reduction_factor,
         )
+    if chosen.type == "pbt":
+        from ray import tune
+        from ray.tune.schedulers import PopulationBasedTraining
+
+        mutations = {}
+        for key, distribution in section.space.items():
+            distribution = chosen.mutations.get(key, distribution)
+            if distribution.categorical:
+                mutations[key] = list(distribution.values)
+            else:
+                low, high = distribution.values
+                mutations[key] = {
+                    "uniform": tune.uniform,
+                    "loguniform": tune.loguniform,
+                    "randint": tune.randint,
+                }[distribution.kind](low, high)
+        return PopulationBasedTraining(
+            time_attr="epoch",
+            perturbation_interval=chosen.perturbation_interval,
+            quantile_fraction=chosen.quantile_fraction,
+            resample_probability=chosen.resample_probability,
+            hyperparam_mutations=mutations,
+        )
     return FIFOScheduler()
 
 
@@ -169,9 +297,7 @@ def _search_algorithm(section: search.TuneSection) -> Any:
     from ray.tune.search import BasicVariantGenerator
 
     # Tune ignores TuneConfig.max_concurrent_trials for a generator; it takes its own.
-    return BasicVariantGenerator(
-        random_state=section.search.seed, max_concurrent=section.max_concurrent_trials
-    )
+    return BasicVariantGenerator(random_state=section.search.seed, max_concurrent=section.concurrency)
 
 
 # -- progress on the driver -----------------------------------------------------------
@@ -274,7 +400,7 @@ def _search(spec: Any, run_dir: str, address: str | None, verbose: bool, resume:
     section = spec.tune
     metric, mode = metric_and_mode(spec, section)
     started = time.perf_counter()
-    with connect(spec, address, verbose=verbose, concurrent_runs=section.max_concurrent_trials):
+    with connect(spec, address, verbose=verbose, concurrent_runs=section.concurrency):
         prepared = prepare_data(spec)  # bad rows stop the search here, before any trial
         print(f"[raft tune] search {spec.run_name}: {describe(spec, prepared)} → {run_dir}", flush=True)
         if not resume:
@@ -305,9 +431,7 @@ def _search(spec: Any, run_dir: str, address: str | None, verbose: bool, resume:
                     mode=mode,
                     num_samples=section.num_samples,
                     # (a random/grid generator takes the limit itself: _search_algorithm)
-                    max_concurrent_trials=section.max_concurrent_trials
-                    if section.search.type == "optuna"
-                    else None,
+                    max_concurrent_trials=section.concurrency if section.search.type == "optuna" else None,
                     scheduler=_scheduler(section, spec),
                     search_alg=_search_algorithm(section),
                 ),
@@ -315,6 +439,11 @@ def _search(spec: Any, run_dir: str, address: str | None, verbose: bool, resume:
                     name=SEARCH_DIR,
                     storage_path=run_dir,
                     failure_config=tune.FailureConfig(max_failures=section.max_failures),
+                    # Only PBT's trials report checkpoints to Tune (exploits restart from them).
+                    # Tune must not delete any: an exploiting trial's checkpoint record points
+                    # into the trial it cloned, and deleting "old" ones removed checkpoints a
+                    # restarting trial was about to load.
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
                     callbacks=[_progress_callback(metric, mode)],
                     verbose=1 if verbose else 0,
                 ),
@@ -361,11 +490,14 @@ def _restore_asha_rungs(tuner: Any, search_path: str, section: search.TuneSectio
 def leaderboard_rows(
     grid: Any, spec: Any, section: Any, metric: str, mode: str, run_dir: str
 ) -> list[dict[str, Any]]:
+    # A result's last metrics may be another trial's (PBT hands an exploiting trial the
+    # result it cloned), so the trial id comes from Tune's own record of each trial.
+    trial_ids = {trial.path: trial.trial_id for trial in grid._experiment_analysis.trials}
     rows = []
     for result in grid:
         frame = result.metrics_dataframe
         history = frame.to_dict("records") if frame is not None else []
-        trial_id = (result.metrics or {}).get(_TRIAL_ID) or Path(result.path).name
+        trial_id = trial_ids.get(result.path) or Path(result.path).name
         params = decode(result.config, section)
         planned = validate(search.apply_params(spec.model_dump(mode="json"), params)).train.epochs
         best = search.best_epoch(history, metric, mode)

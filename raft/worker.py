@@ -82,7 +82,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     engine = _deepspeed_engine(model, spec, task, ds_config, steps)
     device = engine.device
 
-    restored = _restore(engine, spec, log)
+    restored = _restore(engine, spec, log, config.get("start_from"))
     resumed_from = {"epoch": restored.epoch, "global_step": restored.global_step} if restored else None
     state = restored or TrainState()
     train_shard = ray.train.get_dataset_shard("train")
@@ -284,8 +284,9 @@ def _backward(engine: Any, loss: torch.Tensor) -> None:
 
 
 # -- checkpoints ----------------------------------------------------------------------
-def _restore(engine: Any, spec: Any, log: Any) -> TrainState | None:
-    checkpoint = ray.train.get_checkpoint()
+def _restore(engine: Any, spec: Any, log: Any, start_from: Any = None) -> TrainState | None:
+    """Load this run's latest checkpoint, or else ``start_from`` (another run's)."""
+    checkpoint = ray.train.get_checkpoint() or start_from
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as directory:
@@ -295,8 +296,23 @@ def _restore(engine: Any, spec: Any, log: Any) -> TrainState | None:
             load_module_strict=not type(spec.technique).is_adapter and spec.technique.type != "freeze",
         )
         state = TrainState(**json.loads(Path(directory, STATE_FILE).read_text()))
+    _apply_learning_rate(engine, spec.train.lr)
     log(f"resumed from checkpoint: epoch {state.epoch}, step {state.global_step}")
     return state
+
+
+def _apply_learning_rate(engine: Any, lr: float) -> None:
+    """A restored schedule keeps the peak learning rate it was saved with. Population-based
+    training restarts a trial from another trial's checkpoint with a mutated ``train.lr``:
+    the schedule goes on from where it was, scaled to the new peak (a no-op on a plain
+    resume). Gradient clipping needs nothing: DeepSpeed reads it from this run's config."""
+    scheduler = engine.lr_scheduler
+    if not isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+        return
+    scheduler.base_lrs = [lr for _ in scheduler.base_lrs]
+    for group, factor in zip(scheduler.optimizer.param_groups, scheduler.lr_lambdas, strict=True):
+        group["initial_lr"] = lr
+        group["lr"] = lr * factor(scheduler.last_epoch)
 
 
 def _report(engine: Any, spec: Any, state: TrainState, metrics: dict[str, Any]) -> None:

@@ -16,7 +16,8 @@ import pytest
 import ray
 import yaml
 
-from raft.tune import TRIALS_DIR, resume_search
+from raft.spec import validate
+from raft.tune import TRIALS_DIR, resume_search, run_search
 from tests.helpers import base_spec
 
 pytestmark = pytest.mark.slow
@@ -164,3 +165,58 @@ def test_asha_search_killed_resumes_retries_and_exports_the_winner(tiny_bert, to
     summary = json.loads((best / "summary.json").read_text())
     assert summary["trial"] == first.name and summary["best"] == good["best"] >= 0.9
     assert _accuracy(best / "model", toy_data["validation"]) == pytest.approx(summary["best"], abs=0.02)
+
+
+def test_pbt_restarts_the_poor_trial_from_the_good_ones_checkpoint_with_a_mutated_lr(
+    tiny_bert, toy_data, tmp_path
+):
+    # A population of two, trained side by side: lr 3e-3 learns, lr 1e-6 barely moves. Each
+    # epoch end compares the two; the worse one (lr 1e-6, until it has been exploited)
+    # restarts from the better one's checkpoint with that trial's lr scaled by 0.8 or 1.2.
+    document = base_spec(
+        tiny_bert,
+        toy_data,
+        tmp_path,
+        # Five epochs: an exploit needs the good trial checkpointed as the top one while the
+        # slow one still has an epoch left to report, whichever of the two starts first.
+        train={"epochs": 5, "lr_scheduler": "constant"},
+        scaling={"num_workers": 1},
+        output={"name": "pbt"},
+        tune={
+            "metric": "val_loss",
+            "num_samples": 1,
+            "scheduler": {
+                "type": "pbt",
+                "perturbation_interval": 1,
+                "quantile_fraction": 0.5,
+                "resample_probability": 0.0,
+                "mutations": {"train.lr": {"loguniform": [1e-6, 1e-2]}},
+            },
+            "search": {"type": "grid"},
+            "space": {"train.lr": {"grid": [3e-3, 1e-6]}},
+        },
+    )
+    outcome = run_search(validate(document))
+    run_dir = Path(outcome.run_dir)
+    trials = run_dir / TRIALS_DIR
+    board = {row["trial"]: row for row in outcome.leaderboard}
+    assert len(board) == 2 and all(row["status"] == "finished" for row in board.values()), board
+
+    def lr(run: str) -> float:
+        return yaml.safe_load((trials / run / "spec.yaml").read_text())["train"]["lr"]
+
+    slow_id = next(t for t in board if lr(t) == pytest.approx(1e-6))
+    good_id = next(t for t in board if t != slow_id)
+    # The slow trial's first restart began from the good trial's own run, with its lr mutated.
+    # (Tune keeps its own copy of each checkpoint a trial reports, in the trial's folder.)
+    restart = json.loads((trials / f"{slow_id}-2" / "start.json").read_text())
+    assert Path(restart["checkpoint"]).parent.name.startswith(f"_run_trial_{good_id}_"), restart
+    assert lr(f"{slow_id}-2") in (pytest.approx(3e-3 * 0.8), pytest.approx(3e-3 * 1.2))
+    assert restart["params"]["train.lr"] == pytest.approx(lr(f"{slow_id}-2"))
+    assert int((trials / slow_id / "attempts").read_text()) >= 2
+
+    # Before the exploit it had its own (bad) loss; the exploit brought it the good one's.
+    own_first = next(h for h in board[slow_id]["history"] if h["epoch"] == 1)
+    assert board[slow_id]["best"] < 0.5 * own_first["val_loss"], board[slow_id]["history"]
+    assert min(board[slow_id]["best"], board[good_id]["best"]) < 0.2
+    assert _accuracy(run_dir / "best" / "model", toy_data["validation"]) >= 0.9

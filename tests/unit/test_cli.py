@@ -149,4 +149,4 @@ def test_tune_needs_a_tune_section_and_validate_describes_the_search(write_spec)
     assert result.exit_code == 2 and "has no tune: section" in result.output
     result = run("validate", write_spec(tune=SEARCH))
     assert result.exit_code == 0, result.output
-    assert "search over train.lr: 4 trials, fifo, random" in result.output
+    assert "search over train.lr: 4 trials (1 at once), fifo, random" in result.output

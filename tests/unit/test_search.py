@@ -82,12 +82,71 @@ def test_a_valid_search_space_parses_every_distribution():
         ),
         ({"space": {"train.lr": {"grid": [0.1, 0.2]}}}, "needs search.type: grid"),
         ({"space": {}}, "name at least one spec key"),
-        ({"space": {"train.lr": [1e-3]}, "scheduler": {"type": "pbt"}}, "unknown type 'pbt'"),
+        ({"space": {"train.lr": [1e-3]}, "scheduler": {"type": "pbt"}}, "pbt acts on a metric"),
+        (
+            {"space": {"train.batch_size": [8, 16]}, "metric": "val_loss", "scheduler": {"type": "pbt"}},
+            "pbt restarts trials from each other's checkpoints, so it can search only train.lr, train.max_grad_norm",
+        ),
+        (
+            {
+                "space": {"train.lr": [1e-3]},
+                "metric": "val_loss",
+                "scheduler": {"type": "pbt"},
+                "search": {"type": "optuna"},
+            },
+            "pbt draws its own mutations",
+        ),
+        (
+            {
+                "space": {"train.lr": [1e-3]},
+                "metric": "val_loss",
+                "num_samples": 1,
+                "scheduler": {"type": "pbt"},
+            },
+            "num_samples: pbt needs a population of at least 2 trials",
+        ),
+        (
+            {
+                "space": {"train.lr": [1e-3]},
+                "metric": "val_loss",
+                "max_concurrent_trials": 2,
+                "scheduler": {"type": "pbt"},
+            },
+            "max_concurrent_trials: pbt trains its population of 4 trials together",
+        ),
+        (
+            {
+                "space": {"train.lr": [1e-3]},
+                "metric": "val_loss",
+                "scheduler": {"type": "pbt", "mutations": {"train.max_grad_norm": [0.5, 1.0]}},
+            },
+            "scheduler.mutations: train.max_grad_norm not in space",
+        ),
     ],
 )
 def test_bad_searches_are_refused_with_the_key_and_the_reason(tune, expected):
     problems = _problems(tune)
     assert any(expected in p for p in problems), problems
+
+
+def test_pbt_trains_its_whole_population_at_once():
+    pbt = {"type": "pbt", "mutations": {"train.lr": {"loguniform": [1e-6, 1e-2]}}}
+    grid = validate(
+        {
+            **BASE,
+            "tune": {
+                "metric": "val_loss",
+                "num_samples": 2,
+                "scheduler": pbt,
+                "search": {"type": "grid"},
+                "space": {"train.lr": {"grid": [1e-3, 1e-4, 1e-5]}},
+            },
+        }
+    ).tune
+    assert grid.population == 6 and grid.concurrency == 6  # max_concurrent_trials left out
+    asha = grid.model_copy(update={"scheduler": search.AshaScheduler()})
+    assert asha.population == 6 and asha.concurrency == 1
+    assert grid.scheduler.mutations["train.lr"].kind == "loguniform"
 
 
 def test_an_unknown_key_is_named_once_not_once_per_value():
