@@ -163,6 +163,8 @@ def _fit_reporting_checkpoints(spec: Any, prepared: Any, keep: Any, start: Any) 
             metrics, checkpoint = reports.get(timeout=1.0)
         except Empty:
             continue
+        if checkpoint is not None:  # Ray Train's checkpoint class → Ray Tune's (same fields)
+            checkpoint = tune.Checkpoint(checkpoint.path, filesystem=checkpoint.filesystem)
         tune.report(metrics, checkpoint=checkpoint)
     if "error" in outcome:
         raise TrainingFailed(f"trial failed: {outcome['error']}") from outcome["error"]
