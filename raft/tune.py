@@ -267,7 +267,6 @@ def _scheduler(section: search.TuneSection, spec: Any) -> Any:
         )
     if chosen.type == "pbt":
         from ray import tune
-        from ray.tune.schedulers import PopulationBasedTraining
 
         mutations = {}
         for key, distribution in section.space.items():
@@ -281,7 +280,7 @@ def _scheduler(section: search.TuneSection, spec: Any) -> Any:
                     "loguniform": tune.loguniform,
                     "randint": tune.randint,
                 }[distribution.kind](low, high)
-        return PopulationBasedTraining(
+        return _ConcurrentPBT()(
             time_attr="epoch",
             perturbation_interval=chosen.perturbation_interval,
             quantile_fraction=chosen.quantile_fraction,
@@ -289,6 +288,26 @@ def _scheduler(section: search.TuneSection, spec: Any) -> Any:
             hyperparam_mutations=mutations,
         )
     return FIFOScheduler()
+
+
+def _ConcurrentPBT() -> type:  # noqa: N802 (a class built lazily: Ray import)
+    from ray.tune.experiment import Trial
+    from ray.tune.schedulers import PopulationBasedTraining, TrialScheduler
+
+    class ConcurrentPBT(PopulationBasedTraining):
+        """PBT that never pauses a trial to let another run. Tune's PBT pauses every
+        trial that reports while another is PENDING, to share a cluster too small for
+        the population; raft starts the whole population at once, so a PENDING trial is
+        one restarting after an exploit, and a pause would end the reporting trial's Ray
+        Train run for nothing (its restart is a new run)."""
+
+        def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+            decision = super().on_trial_result(tune_controller, trial, result)
+            if decision == TrialScheduler.PAUSE and trial.status != Trial.PAUSED:
+                return TrialScheduler.CONTINUE
+            return decision
+
+    return ConcurrentPBT
 
 
 def _search_algorithm(section: search.TuneSection) -> Any:
