@@ -43,6 +43,9 @@ def test_merged_lora_export_loads_plainly_and_raft_eval_scores_it(tiny_bert, toy
         output={"merge_adapter": True},
     )
     outcome = fit(validate(document))
+    # Checkpoints hold the adapter alone (with the trained classifier head); the export merges.
+    saved = {p.name for p in next(Path(outcome.run_dir).glob("checkpoint_*/model")).iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= saved and "model.safetensors" not in saved
     files = {p.name for p in Path(outcome.model_dir).iterdir()}
     assert "model.safetensors" in files and "adapter_config.json" not in files
 
