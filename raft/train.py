@@ -79,8 +79,9 @@ def check_model_path(spec: Any) -> None:
         )
 
 
-def preflight(spec: Any) -> Any:
-    """Every check that needs no cluster: returns the spec with resolved paths."""
+def check_inputs(spec: Any) -> Any:
+    """The model and the data files are there and fit the task: returns the spec with
+    resolved paths (no cluster needed)."""
     spec = resolve_paths(spec)
     check_model_path(spec)
     try:
@@ -88,6 +89,12 @@ def preflight(spec: Any) -> Any:
     except ValueError as error:
         raise RunError(f"model.path {spec.model.path!r}: {error}") from None
     data.resolve_sources(spec)
+    return spec
+
+
+def preflight(spec: Any) -> Any:
+    """Every check that needs no cluster: returns the spec with resolved paths."""
+    spec = check_inputs(spec)
     model_dir = storage.join(run_dir_of(spec), MODEL_DIR)
     if storage.exists(model_dir):
         raise RunError(

@@ -38,11 +38,13 @@ from typing import Any
 
 from raft import data, search, storage
 from raft.cluster import connect
+from raft.sources import DataError
 from raft.spec import dump_spec, validate
 from raft.train import (
     RunError,
     TrainingFailed,
     build_trainer,
+    check_inputs,
     describe,
     export_checkpoint,
     preflight,
@@ -376,6 +378,7 @@ def run_search(spec: Any, address: str | None = None, verbose: bool = False) -> 
     if spec.tune is None:
         raise RunError("the spec has no tune: section (raft train runs a single run)")
     spec = preflight(spec)
+    check_searched_inputs(spec)
     run_dir = run_dir_of(spec)
     if storage.exists(storage.join(run_dir, BEST_DIR)):
         raise RunError(
@@ -386,6 +389,20 @@ def run_search(spec: Any, address: str | None = None, verbose: bool = False) -> 
             f"search {spec.run_name!r} already started at {run_dir}; continue it with --resume {run_dir}"
         )
     return _search(spec, run_dir, address, verbose, resume=False)
+
+
+def check_searched_inputs(spec: Any) -> None:
+    """A space over ``model.*``, ``data.*`` or ``task.*`` gets each of its values checked
+    as the base spec is (model folder, data files, task fit), before any trial starts."""
+    document = spec.model_dump(mode="json")
+    for key, distribution in spec.tune.space.items():
+        if key.split(".")[0] not in ("model", "data", "task"):
+            continue
+        for value in distribution.corners():
+            try:
+                check_inputs(validate(search.apply_params(document, {key: value})))
+            except (RunError, DataError) as error:
+                raise RunError(f"tune.space.{key} = {value!r}: {error}") from None
 
 
 def resume_search(run_dir: str, address: str | None = None, verbose: bool = False) -> SearchOutcome:
@@ -406,6 +423,7 @@ def preflight_resumed(spec: Any) -> Any:
 
     check_model_path(spec)
     data.resolve_sources(spec)
+    check_searched_inputs(spec)
     return spec
 
 

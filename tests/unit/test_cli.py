@@ -129,6 +129,14 @@ SEARCH = {"metric": "val_accuracy", "space": {"train.lr": {"loguniform": [1e-4, 
             ["{spec}", "data.train=/nonexistent/train.jsonl"],
             "data.train '/nonexistent/train.jsonl' does not exist",
         ),
+        (  # every searched data file and model folder is checked too, not only the base one
+            ["{spec}", "tune.space={{data.train: [/nonexistent/more.jsonl]}}"],
+            "tune.space.data.train = '/nonexistent/more.jsonl': data.train '/nonexistent/more.jsonl' does not exist",
+        ),
+        (
+            ["{spec}", "tune.space={{model.path: [{tmp}]}}"],
+            "has no config.json; is it a Hugging Face model folder?",
+        ),
     ],
 )
 def test_tune_refuses_bad_input_before_starting_ray(write_spec, tmp_path, monkeypatch, args, message):
