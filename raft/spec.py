@@ -36,6 +36,7 @@ from raft.search import (
     metric_problems,
     space_problems,
 )
+from raft.serving import ServeSection
 
 
 class SpecError(ValueError):
@@ -220,6 +221,7 @@ def _build_run_spec() -> type[SectionModel]:
         deepspeed: DeepSpeedSection = Field(default_factory=DeepSpeedSection)
         output: OutputSection = Field(default_factory=OutputSection)
         tune: TuneSection | None = Field(None, description="A hyperparameter search (raft tune).")
+        serve: ServeSection | None = Field(None, description="How raft serve deploys the export.")
 
         @model_validator(mode="after")
         def _cross_section_rules(self) -> RunSpec:
@@ -369,8 +371,9 @@ def _tags_for(loc: list[str]) -> list[str]:
 def dump_spec(spec: Any) -> str:
     """The resolved spec as YAML (saved with every run and exported model)."""
     document = spec.model_dump(mode="json")
-    if document.get("tune") is None:  # a single run's spec reads as it did before searches
-        document.pop("tune", None)
+    for optional in ("tune", "serve"):  # a plain run's spec reads as it did before these
+        if document.get(optional) is None:
+            document.pop(optional, None)
     return yaml.safe_dump(document, sort_keys=False)
 
 
@@ -387,6 +390,7 @@ def reference_markdown() -> str:
         "tune.scheduler (type: asha)": AshaScheduler,
         "tune.scheduler (type: pbt)": PbtScheduler,
         "tune.search": SearchAlgorithm,
+        "serve": ServeSection,
     }
     for name, task in registry.tasks().items():
         sections[f"task (type: {name})"] = task.spec_class
