@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from pathlib import Path
 
 import click
 
@@ -311,6 +312,77 @@ def doctor(address: str | None, storage: str | None) -> None:
     if not problems:
         click.echo(f"{len(reports)} node(s), versions agree" + (f", {location} shared" if location else ""))
     sys.exit(1 if problems else 0)
+
+
+@main.command()
+@click.argument("model_dir", required=False, type=click.Path(file_okay=False))
+@click.argument("overrides", nargs=-1)
+@click.option("--best", "search_dir", help="Serve the winner of this raft tune run folder (its best/model).")
+@click.option(
+    "--build", "build_file", help="Write a Serve config YAML here (for Ray's serve run/deploy) and exit."
+)
+@click.option("--address", envvar="RAY_ADDRESS", help="Ray cluster to join (default: start a local one).")
+@click.option(
+    "--name",
+    default="raft",
+    show_default=True,
+    help="Serve application name: give each model its own (and its own serve.route_prefix) to serve several.",
+)
+def serve(
+    model_dir: str | None,
+    overrides: tuple[str, ...],
+    search_dir: str | None,
+    build_file: str | None,
+    address: str | None,
+    name: str,
+) -> None:
+    """Serve an exported model over HTTP with Ray Serve (serve.key=value overrides)."""
+    import yaml
+
+    from raft import serving, storage
+    from raft.spec import apply_overrides, validate
+
+    if search_dir:
+        if model_dir:
+            _fail("give MODEL_DIR or --best RUN_DIR, not both")
+        model_dir = storage.join(search_dir, "best", "model")
+    if not model_dir:
+        _fail("give the model folder to serve (a run's model/), or --best RUN_DIR for a search's winner")
+    stray = [o for o in overrides if not o.startswith("serve.")]
+    if stray:
+        _fail(f"raft serve takes serve.key=value overrides only; got {', '.join(stray)}")
+    from raft.serve import ServeError, check_servable, start
+
+    try:
+        spec = check_servable(model_dir)
+        document = spec.model_dump(mode="json")
+        document["serve"] = document.get("serve") or {}  # the export's settings, or the defaults
+        spec = validate(apply_overrides(document, list(overrides)), source=model_dir)
+    except (ServeError, SpecError) as error:
+        _fail(str(error))
+    section = spec.serve or serving.ServeSection()
+    if build_file:
+        config = serving.serve_config(section, str(Path(model_dir).resolve()), name)
+        Path(build_file).write_text(yaml.safe_dump(config, sort_keys=False))
+        click.echo(f"{build_file}: run it with: serve run {build_file}   (or serve deploy on a cluster)")
+        return
+    try:
+        url = start(model_dir, section, address, name=name)
+    except ServeError as error:
+        _fail(str(error))
+    click.echo(f"[raft serve] {spec.task.type} model from {model_dir} at {url}")
+    click.echo(
+        f"  curl -s {url}/predict -H 'content-type: application/json' "
+        """-d '{"inputs": ["some text"], "top_k": 2}'"""
+    )
+    click.echo("  Ctrl-C stops it.")
+    try:
+        while True:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        from ray import serve as ray_serve
+
+        ray_serve.shutdown()
 
 
 @main.command("spec-reference")

@@ -122,7 +122,13 @@ def deployment_options(section: ServeSection) -> dict[str, Any]:
     return options
 
 
-def serve_config(section: ServeSection, model_dir: str, adapters_dir: str | None = None) -> dict[str, Any]:
+def initial_replicas(section: ServeSection) -> int:
+    if section.autoscaling is not None:
+        return max(section.autoscaling.min_replicas, 1)
+    return section.num_replicas or 1
+
+
+def serve_config(section: ServeSection, model_dir: str, name: str = APP_NAME) -> dict[str, Any]:
     """A Serve config file (``serve run`` / ``serve deploy`` / KubeRay's RayService)."""
     deployment = {"name": DEPLOYMENT_NAME, **deployment_options(section)}
     return {
@@ -134,11 +140,35 @@ def serve_config(section: ServeSection, model_dir: str, adapters_dir: str | None
         },
         "applications": [
             {
-                "name": APP_NAME,
+                "name": name,
                 "route_prefix": section.route_prefix,
                 "import_path": IMPORT_PATH,
-                "args": {"model_dir": model_dir, "adapters_dir": adapters_dir},
+                "args": {"model_dir": model_dir, "serve": section.model_dump(mode="json")},
                 "deployments": [deployment],
             }
         ],
     }
+
+
+class PredictRequest(SectionModel):
+    """``POST /predict``: one input or a list; an input is a text, or [text, pair] for a
+    pair classifier."""
+
+    inputs: str | list[str | list[str]] = Field(..., description="A text, or a list of them.")
+    top_k: PositiveInt = Field(1, le=1000, description="Classes to return per input, best first.")
+
+    def items(self) -> list[Any]:
+        return [self.inputs] if isinstance(self.inputs, str) else list(self.inputs)
+
+
+def input_problems(items: list[Any], pairs: bool) -> list[str]:
+    """What is wrong with a request's inputs for a model that takes text pairs or not."""
+    if not items:
+        return ["inputs: give at least one input"]
+    problems = []
+    for index, item in enumerate(items):
+        if pairs and not (isinstance(item, list) and len(item) == 2):
+            problems.append(f"inputs[{index}]: this model classifies text pairs; give [text, pair]")
+        elif not pairs and not isinstance(item, str):
+            problems.append(f"inputs[{index}]: give a text (this model takes one text per input)")
+    return problems

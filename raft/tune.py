@@ -160,14 +160,17 @@ def _fit_reporting_checkpoints(spec: Any, prepared: Any, keep: Any, start: Any) 
 
     thread = threading.Thread(target=fit, name="raft-trial-fit", daemon=True)
     thread.start()
-    while thread.is_alive() or not reports.empty():
-        try:
-            metrics, checkpoint = reports.get(timeout=1.0)
-        except Empty:
-            continue
-        if checkpoint is not None:  # Ray Train's checkpoint class → Ray Tune's (same fields)
-            checkpoint = tune.Checkpoint(checkpoint.path, filesystem=checkpoint.filesystem)
-        tune.report(metrics, checkpoint=checkpoint)
+    try:
+        while thread.is_alive() or not reports.empty():
+            try:
+                metrics, checkpoint = reports.get(timeout=1.0)
+            except Empty:
+                continue
+            if checkpoint is not None:  # Ray Train's checkpoint class → Ray Tune's (same fields)
+                checkpoint = tune.Checkpoint(checkpoint.path, filesystem=checkpoint.filesystem)
+            tune.report(metrics, checkpoint=checkpoint)
+    finally:
+        reports.shutdown()
     if "error" in outcome:
         raise TrainingFailed(f"trial failed: {outcome['error']}") from outcome["error"]
     if outcome["result"].error is not None:

@@ -213,6 +213,13 @@ class Task(ABC):
         """The ``GenerationConfig`` the export carries, for generative families."""
         return None
 
+    # -- serving ------------------------------------------------------------------
+    serves = False  # True where predict() is implemented (raft serve refuses the others)
+
+    def predict(self, model: Any, model_dir: str, spec: Any, inputs: list[Any], top_k: int) -> list[Any]:
+        """One answer per input, for ``raft serve``: plain JSON-able values."""
+        raise NotImplementedError(f"raft serve does not serve {self.name} models yet")
+
     # -- tests --------------------------------------------------------------------
     @abstractmethod
     def tiny_config(self, **overrides: Any) -> Any:

@@ -105,6 +105,28 @@ class SequenceClassification(Task):
     def metrics(self, stats: np.ndarray, labels: LabelMap | None) -> dict[str, float]:
         return classification_metrics(stats)
 
+    serves = True
+
+    @torch.no_grad()
+    def predict(
+        self, model: Any, model_dir: str, spec: SequenceClassificationSpec, inputs: list[Any], top_k: int
+    ) -> list[dict[str, Any]]:
+        """Each input (a text, or a [text, pair] list) → its label, score and top_k classes."""
+        tokenizer = load_tokenizer(model_dir)
+        texts = [item[0] if isinstance(item, list) else item for item in inputs]
+        pairs = [item[1] for item in inputs] if spec.text_pair_column else None
+        encoded = tokenizer(
+            texts, pairs, truncation=True, max_length=spec.max_length, padding=True, return_tensors="pt"
+        )
+        probabilities = model(**encoded).logits.float().softmax(dim=-1)
+        names = model.config.id2label
+        answers = []
+        for row in probabilities:
+            scores, ids = row.topk(min(top_k, row.numel()))
+            ranked = [{"label": names[int(i)], "score": float(p)} for p, i in zip(scores, ids, strict=True)]
+            answers.append({"label": ranked[0]["label"], "score": ranked[0]["score"], "top_k": ranked})
+        return answers
+
     def tiny_config(self, **overrides: Any) -> Any:
         from transformers import BertConfig
 

@@ -8,6 +8,7 @@ precision, recall and F1 (entities found with seqeval), and token accuracy.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 import numpy as np
@@ -127,10 +128,79 @@ class TokenClassification(Task):
     def metrics(self, stats: np.ndarray, labels: LabelMap | None) -> dict[str, float]:
         return entity_metrics(stats)
 
+    serves = True
+
+    @torch.no_grad()
+    def predict(
+        self, model: Any, model_dir: str, spec: TokenClassificationSpec, inputs: list[Any], top_k: int
+    ) -> list[dict[str, Any]]:
+        """Each text → its words' tags and the entities they form, with character spans."""
+        tokenizer = load_tokenizer(model_dir)
+        split = [[(m.group(), m.start(), m.end()) for m in re.finditer(r"\S+", text)] for text in inputs]
+        encoded = tokenizer(
+            [[w for w, _, _ in words] or [""] for words in split],
+            is_split_into_words=True,
+            truncation=True,
+            max_length=spec.max_length,
+            padding=True,
+            return_tensors="pt",
+        )
+        probabilities = model(**encoded).logits.float().softmax(dim=-1)
+        names = model.config.id2label
+        answers = []
+        for row, (words, text) in enumerate(zip(split, inputs, strict=True)):
+            tagged: dict[int, tuple[str, float]] = {}
+            for position, word in enumerate(encoded.word_ids(row)):
+                if word is not None and word not in tagged and word < len(words):  # first sub-token
+                    score, tag_id = probabilities[row, position].max(dim=-1)
+                    tagged[word] = (names[int(tag_id)], float(score))
+            tags = [tagged.get(i, ("O", 0.0)) for i in range(len(words))]  # cut by max_length: O
+            answers.append(
+                {
+                    "tags": [
+                        {"word": w, "tag": t, "score": p}
+                        for (w, _, _), (t, p) in zip(words, tags, strict=True)
+                    ],
+                    "entities": group_entities(text, words, tags),
+                }
+            )
+        return answers
+
     def tiny_config(self, **overrides: Any) -> Any:
         from raft.tasks.sequence_classification import SequenceClassification
 
         return SequenceClassification().tiny_config(**overrides)
+
+
+def group_entities(
+    text: str, words: list[tuple[str, int, int]], tags: list[tuple[str, float]]
+) -> list[dict[str, Any]]:
+    """Tagged words → entities: ``B-X`` starts one, ``I-X`` continues an ``X`` (or starts
+    one, as seqeval reads a stray ``I-``), ``O`` ends it; a tag with no prefix is its own
+    type, and neighbouring words with it join. Spans index ``text``; an entity's score is
+    the mean of its words' tag scores."""
+    entities: list[dict[str, Any]] = []
+    current: dict[str, Any] | None = None
+    for (_, start, end), (tag, score) in zip(words, tags, strict=True):
+        prefix, _, kind = tag.partition("-") if tag[:2] in ("B-", "I-") else ("", "", tag)
+        if kind == "O" or not kind:
+            current = None
+            continue
+        if current is not None and current["entity"] == kind and prefix != "B":
+            current["end"], current["scores"] = end, [*current["scores"], score]
+            continue
+        current = {"entity": kind, "start": start, "end": end, "scores": [score]}
+        entities.append(current)
+    return [
+        {
+            "entity": e["entity"],
+            "text": text[e["start"] : e["end"]],
+            "start": e["start"],
+            "end": e["end"],
+            "score": sum(e["scores"]) / len(e["scores"]),
+        }
+        for e in entities
+    ]
 
 
 def align_tags(word_ids: list[int | None], tag_ids: list[int], label_all_subtokens: bool) -> list[int]:

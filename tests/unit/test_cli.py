@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -158,3 +159,51 @@ def test_tune_needs_a_tune_section_and_validate_describes_the_search(write_spec)
     result = run("validate", write_spec(tune=SEARCH))
     assert result.exit_code == 0, result.output
     assert "search over train.lr: 4 trials (1 at once), fifo, random" in result.output
+
+
+def _export_stub(folder, tiny_bert, task: dict) -> Path:
+    """A folder holding only an export's raft_spec.yaml: all raft serve reads before Ray."""
+    folder.mkdir(parents=True)
+    document = {"model": {"path": str(tiny_bert)}, "task": task, "data": {"train": "train.jsonl"}}
+    (folder / "raft_spec.yaml").write_text(yaml.safe_dump(document))
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([], "give the model folder to serve"),
+        (["{tmp}"], "is not a model exported by raft (no raft_spec.yaml)"),
+        (["--best", "{tmp}"], "best/model is not a model exported by raft"),
+        (["{classifier}", "--best", "{tmp}"], "give MODEL_DIR or --best RUN_DIR, not both"),
+        (["{classifier}", "train.lr=1"], "raft serve takes serve.key=value overrides only; got train.lr=1"),
+        (["{classifier}", "serve.replicas=2"], "serve.replicas"),
+        (["{classifier}", "serve.num_replicas=2", "serve.autoscaling={{max_replicas: 3}}"], "not both"),
+        (
+            ["{generator}"],
+            "raft serve does not serve causal_lm models yet (it serves: sequence_classification, token_classification)",
+        ),
+    ],
+)
+def test_serve_refuses_bad_input_before_starting_ray(tmp_path, tiny_bert, monkeypatch, args, message):
+    started = []
+    monkeypatch.setattr("raft.serve.start", lambda *a, **k: started.append(a))
+    classifier = _export_stub(tmp_path / "classifier", tiny_bert, {"type": "sequence_classification"})
+    generator = _export_stub(tmp_path / "generator", tiny_bert, {"type": "causal_lm"})
+    result = run("serve", *[a.format(tmp=tmp_path, classifier=classifier, generator=generator) for a in args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert started == []
+
+
+def test_serve_build_writes_a_config_rays_serve_accepts(tmp_path, tiny_bert):
+    from ray.serve.schema import ServeDeploySchema
+
+    classifier = _export_stub(tmp_path / "classifier", tiny_bert, {"type": "sequence_classification"})
+    out = tmp_path / "serve.yaml"
+    result = run("serve", classifier, "serve.num_replicas=3", "serve.port=8100", "--build", out)
+    assert result.exit_code == 0, result.output
+    config = ServeDeploySchema.model_validate(yaml.safe_load(out.read_text()))
+    (app,) = config.applications
+    assert app.import_path == "raft.serve:build_app" and app.args["model_dir"] == str(classifier.resolve())
+    assert app.deployments[0].num_replicas == 3 and config.http_options.port == 8100

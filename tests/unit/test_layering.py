@@ -22,6 +22,7 @@ PURE = [
     "raft.submission",
     "raft.generation",
     "raft.search",
+    "raft.serving",
 ]
 
 

@@ -83,3 +83,21 @@ def test_eval_stats_are_a_confusion_matrix():
     stats = TASK.eval_stats(Out(), {"labels": torch.tensor([0, 0, 1])}, LabelMap(("a", "b")))
     assert stats.tolist() == [[1, 1], [1, 0]]
     assert TASK.metrics(stats, LabelMap(("a", "b")))["accuracy"] == pytest.approx(1 / 3)
+
+
+def test_predict_ranks_every_class_and_takes_text_pairs(tiny_bert):
+    labels = LabelMap(("contradiction", "entailment", "neutral"))
+    spec = SequenceClassificationSpec(text_pair_column="hypothesis", max_length=16)
+    model = TASK.build_model(str(tiny_bert), spec, labels).eval()
+    pairs = [["a good day", "a fine day"], ["bad", "good"]]
+    answers = TASK.predict(model, str(tiny_bert), spec, pairs, top_k=3)
+    for answer in answers:
+        ranked = answer["top_k"]
+        assert {c["label"] for c in ranked} == set(labels.names)
+        assert [c["score"] for c in ranked] == sorted((c["score"] for c in ranked), reverse=True)
+        assert sum(c["score"] for c in ranked) == pytest.approx(1.0, abs=1e-5)
+        assert (answer["label"], answer["score"]) == (ranked[0]["label"], ranked[0]["score"])
+    # The pair is read: swapping the two texts changes the logits.
+    swapped = TASK.predict(model, str(tiny_bert), spec, [pairs[0][::-1]], top_k=3)[0]
+    assert swapped["top_k"] != answers[0]["top_k"]
+    assert len(TASK.predict(model, str(tiny_bert), spec, pairs, top_k=1)[0]["top_k"]) == 1

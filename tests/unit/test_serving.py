@@ -106,11 +106,12 @@ def test_the_built_config_is_a_valid_ray_serve_config():
             },
         }
     )
-    config = serving.serve_config(spec.serve, "/models/topics", adapters_dir="/models/adapters")
+    config = serving.serve_config(spec.serve, "/models/topics")
     parsed = ServeDeploySchema.model_validate(config)
     (app,) = parsed.applications
     assert app.import_path == "raft.serve:build_app"
-    assert app.args == {"model_dir": "/models/topics", "adapters_dir": "/models/adapters"}
+    assert app.args["model_dir"] == "/models/topics"
+    assert serving.ServeSection.model_validate(app.args["serve"]) == spec.serve  # build_app reads it back
     (deployment,) = app.deployments
     assert deployment.name == "Predictor" and deployment.autoscaling_config["max_replicas"] == 4
     assert deployment.ray_actor_options.num_cpus == 2

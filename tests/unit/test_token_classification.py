@@ -117,3 +117,49 @@ def test_conll_text_becomes_sentences_of_tokens_and_last_column_tags():
     ]
     with pytest.raises(ValueError, match=r"x.conll, line 2: expected a token and a tag"):
         parse_conll("EU B-ORG\nlonely\n", "x.conll")
+
+
+def _words(text: str) -> list[tuple[str, int, int]]:
+    import re
+
+    return [(m.group(), m.start(), m.end()) for m in re.finditer(r"\S+", text)]
+
+
+@pytest.mark.parametrize(
+    ("tags", "expected"),
+    [
+        (["B-PER", "I-PER", "O", "B-LOC"], [("PER", "Ada  Lovelace"), ("LOC", "London")]),
+        (["B-PER", "B-PER", "O", "O"], [("PER", "Ada"), ("PER", "Lovelace")]),  # B- always starts one
+        (["I-PER", "I-PER", "O", "I-LOC"], [("PER", "Ada  Lovelace"), ("LOC", "London")]),  # stray I-
+        (["B-PER", "I-LOC", "O", "O"], [("PER", "Ada"), ("LOC", "Lovelace")]),  # type change splits
+        (["PER", "PER", "O", "LOC"], [("PER", "Ada  Lovelace"), ("LOC", "London")]),  # no prefix
+        (["O", "O", "O", "O"], []),
+    ],
+)
+def test_tagged_words_group_into_entities_with_spans(tags, expected):
+    from raft.tasks.token_classification import group_entities
+
+    text = "Ada  Lovelace visited London"  # spans index the text as given (two spaces kept)
+    scored = [(tag, 0.5 + 0.1 * i) for i, tag in enumerate(tags)]
+    entities = group_entities(text, _words(text), scored)
+    assert [(e["entity"], e["text"]) for e in entities] == expected
+    for entity in entities:
+        assert text[entity["start"] : entity["end"]] == entity["text"]
+        assert 0.5 <= entity["score"] <= 0.8
+
+
+def test_predict_tags_every_word_and_its_entities_follow_the_tags(tiny_bert):
+    labels = TAGS
+    spec = TokenClassificationSpec(max_length=16)
+    model = TASK.build_model(str(tiny_bert), spec, labels).eval()
+    texts = ["good morning Ada", "", "the of a " * 10]  # an empty text; one cut by max_length
+    answers = TASK.predict(model, str(tiny_bert), spec, texts, top_k=1)
+    assert [len(a["tags"]) for a in answers] == [3, 0, 30]
+    from raft.tasks.token_classification import group_entities
+
+    for text, answer in zip(texts, answers, strict=True):
+        assert {t["tag"] for t in answer["tags"]} <= set(labels.names)
+        scored = [(t["tag"], t["score"]) for t in answer["tags"]]
+        assert answer["entities"] == group_entities(text, _words(text), scored)
+    # Words past max_length get no prediction: they are tagged O with score 0.
+    assert answers[2]["tags"][-1] == {"word": "a", "tag": "O", "score": 0.0}

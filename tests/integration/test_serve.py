@@ -1,0 +1,156 @@
+"""raft serve on the real local Ray cluster: a classifier and a tagger export behind HTTP,
+answers equal to an in-process call, dynamic batching under concurrent clients, bad
+requests refused with 4xx while the replica stays healthy."""
+
+from __future__ import annotations
+
+import json
+import socket
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+from ray import serve
+
+from raft import registry
+from raft.evaluate import load_exported
+from raft.export import export_model
+from raft.labels import LabelMap
+from raft.serve import start
+from raft.serving import ServeSection
+from raft.spec import validate
+
+pytestmark = pytest.mark.slow
+LABELS = ("negative", "neutral", "positive")
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def classifier(tiny_bert, tmp_path_factory):
+    """A three-class tiny BERT exported the way raft train exports it (untrained head)."""
+    root = tmp_path_factory.mktemp("serve")
+    spec = validate(
+        {
+            "model": {"path": str(tiny_bert)},
+            "task": {"type": "sequence_classification", "max_length": 16},
+            "data": {"train": "unused.jsonl"},
+            "output": {"dir": str(root), "name": "topics"},
+        }
+    )
+    labels = LabelMap(LABELS)
+    task = registry.get_task("sequence_classification")
+    task.build_model(str(tiny_bert), spec.task, labels).save_pretrained(root / "checkpoint")
+    return export_model(root / "checkpoint", root / "topics" / "model", spec, labels)
+
+
+@pytest.fixture(scope="module")
+def tagger(tiny_bert, tmp_path_factory):
+    root = tmp_path_factory.mktemp("serve-ner")
+    spec = validate(
+        {
+            "model": {"path": str(tiny_bert)},
+            "task": {"type": "token_classification", "max_length": 16},
+            "data": {"train": "unused.jsonl"},
+            "output": {"dir": str(root), "name": "entities"},
+        }
+    )
+    labels = LabelMap(("B-LOC", "B-PER", "I-PER", "O"))
+    task = registry.get_task("token_classification")
+    task.build_model(str(tiny_bert), spec.task, labels).save_pretrained(root / "checkpoint")
+    return export_model(root / "checkpoint", root / "entities" / "model", spec, labels)
+
+
+@pytest.fixture(scope="module")
+def port():
+    port = _free_port()
+    yield port
+    serve.shutdown()  # frees the replicas' CPUs for the tests that train after these
+
+
+@pytest.fixture(scope="module")
+def url(classifier, port):
+    section = ServeSection(port=port, batching={"max_batch_size": 8, "batch_wait_timeout_s": 0.1})
+    return start(str(classifier), section)
+
+
+def test_a_token_classifier_answers_with_entities_beside_the_classifier(tagger, url, port):
+    # A second application on the same Serve instance, under its own route.
+    ner = start(str(tagger), ServeSection(port=port, route_prefix="/ner"), name="ner")
+    texts = ["Ada Lovelace visited London", "the of a"]
+    response = httpx.post(f"{ner}/predict", json={"inputs": texts}, timeout=60)
+    assert response.status_code == 200, response.text
+    spec, model, _ = load_exported(tagger)
+    expected = registry.get_task("token_classification").predict(model, str(tagger), spec.task, texts, 1)
+    for got, want in zip(response.json()["predictions"], expected, strict=True):
+        assert [t["word"] for t in got["tags"]] == [t["word"] for t in want["tags"]]
+        assert [t["tag"] for t in got["tags"]] == [t["tag"] for t in want["tags"]]
+        assert [(e["entity"], e["start"], e["end"]) for e in got["entities"]] == [
+            (e["entity"], e["start"], e["end"]) for e in want["entities"]
+        ]
+    assert httpx.get(f"{url}/healthz", timeout=10).json()["task"] == "sequence_classification"
+
+
+def test_predictions_over_http_equal_an_in_process_call(classifier, url):
+    texts = ["good great fine", "bad awful", "the of a"]
+    response = httpx.post(f"{url}/predict", json={"inputs": texts, "top_k": 2}, timeout=60)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model"] == "topics" and len(body["predictions"]) == 3
+
+    spec, model, _ = load_exported(classifier)
+    expected = registry.get_task("sequence_classification").predict(
+        model, str(classifier), spec.task, texts, 2
+    )
+    for got, want in zip(body["predictions"], expected, strict=True):
+        assert got["label"] == want["label"] in LABELS
+        assert got["score"] == pytest.approx(want["score"], abs=1e-5)
+        assert [c["label"] for c in got["top_k"]] == [c["label"] for c in want["top_k"]]
+        assert len(got["top_k"]) == 2 and got["top_k"][0]["score"] >= got["top_k"][1]["score"]
+
+    single = httpx.post(f"{url}/predict", json={"inputs": "good great fine"}, timeout=60).json()
+    assert single["predictions"][0]["label"] == expected[0]["label"]
+    assert len(single["predictions"][0]["top_k"]) == 1  # top_k defaults to 1
+    models = httpx.get(f"{url}/v1/models", timeout=10).json()
+    assert [m["id"] for m in models["data"]] == ["topics"]
+
+
+def test_concurrent_clients_are_batched(url):
+    before = httpx.get(f"{url}/stats", timeout=10).json()["batches"]
+
+    def one(index: int) -> int:
+        return httpx.post(f"{url}/predict", json={"inputs": f"good day {index}"}, timeout=60).status_code
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        assert set(pool.map(one, range(32))) == {200}
+    after = httpx.get(f"{url}/stats", timeout=10).json()["batches"]
+    new = {int(size): count - before.get(size, 0) for size, count in after.items()}
+    assert sum(size * count for size, count in new.items()) == 32  # every request, once
+    assert max(size for size, count in new.items() if count) > 1, new  # some ran together
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"{not json", "json"),
+        (json.dumps({"text": "hello"}).encode(), "inputs"),  # the field is named inputs
+        (json.dumps({"inputs": ["a", ["a", "b"]]}).encode(), "inputs[1]: give a text"),
+        (json.dumps({"inputs": []}).encode(), "give at least one input"),
+        (json.dumps({"inputs": "a", "top_k": 0}).encode(), "top_k"),
+        (json.dumps({"inputs": "a", "colour": "red"}).encode(), "colour"),
+    ],
+)
+def test_bad_requests_get_422_naming_the_problem_and_the_replica_stays_up(url, content, expected):
+    response = httpx.post(
+        f"{url}/predict", content=content, headers={"content-type": "application/json"}, timeout=30
+    )
+    assert response.status_code == 422, response.text
+    assert expected in response.text
+    assert httpx.get(f"{url}/healthz", timeout=10).json() == {
+        "status": "ok",
+        "task": "sequence_classification",
+    }
