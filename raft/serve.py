@@ -49,7 +49,15 @@ class Predictor:
         answers = self.task.predict(
             self.model, self.model_dir, self.spec.task, [x for x, _ in requests], top_k
         )
-        return [_trim(answer, k) for answer, (_, k) in zip(answers, requests, strict=True)]
+        return [self._trim(answer, k) for answer, (_, k) in zip(answers, requests, strict=True)]
+
+    @staticmethod
+    def _trim(answer: Any, top_k: int) -> Any:
+        # (a method, not a module function: Serve pickles this class by value, without
+        # the module's other globals)
+        if isinstance(answer, dict) and "top_k" in answer:
+            return {**answer, "top_k": answer["top_k"][:top_k]}
+        return answer
 
     @api.post("/predict")
     async def predict(self, request: serving.PredictRequest) -> dict[str, Any]:
@@ -74,12 +82,6 @@ class Predictor:
     @api.get("/healthz")
     async def health(self) -> dict[str, str]:
         return {"status": "ok", "task": self.task.name}
-
-
-def _trim(answer: Any, top_k: int) -> Any:
-    if isinstance(answer, dict) and "top_k" in answer:
-        return {**answer, "top_k": answer["top_k"][:top_k]}
-    return answer
 
 
 class ServeError(ValueError):

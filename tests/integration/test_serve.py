@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -154,3 +155,32 @@ def test_bad_requests_get_422_naming_the_problem_and_the_replica_stays_up(url, c
         "status": "ok",
         "task": "sequence_classification",
     }
+
+
+def test_overload_is_refused_with_503_while_the_replica_is_busy(classifier, url, port):
+    # One request at a time and one waiting: a long request holds the replica, and of the
+    # requests that arrive meanwhile, those past the queue are refused at once, not held.
+    section = ServeSection(
+        port=port,
+        route_prefix="/tight",
+        max_ongoing_requests=1,
+        max_queued_requests=1,
+        batching={"max_batch_size": 1},
+    )
+    tight = start(str(classifier), section, name="tight")
+
+    def post(body: dict) -> tuple[int, float]:  # status, and when the answer came
+        response = httpx.post(f"{tight}/predict", json=body, timeout=120)
+        return response.status_code, time.monotonic()
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        slow = pool.submit(post, {"inputs": ["good day"] * 3000})
+        time.sleep(1.0)  # the long request reaches the replica
+        burst = [future.result() for future in [pool.submit(post, {"inputs": "hi"}) for _ in range(6)]]
+        slow_status, slow_done = slow.result()
+    assert slow_status == 200
+    refused = [when for status, when in burst if status == 503]
+    assert refused, burst
+    assert all(when < slow_done for when in refused)  # answered at once, not after the wait
+    assert {status for status, _ in burst} <= {200, 503}
+    serve.delete("tight")
