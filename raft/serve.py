@@ -34,6 +34,10 @@ class Predictor:
     def __init__(self, model_dir: str, max_batch_size: int = 16, batch_wait_timeout_s: float = 0.005) -> None:
         self.model_dir = str(model_dir)
         self.spec, self.model, self.labels = load_exported(model_dir)
+        import torch
+
+        if torch.cuda.is_available():  # the replica holds a GPU (serve.num_gpus)
+            self.model.to("cuda")
         self.task = registry.get_task(self.spec.task.type)
         # The run's name (runs/<name>/model), as /v1/models lists it.
         self.name = self.spec.output.name or Path(model_dir).resolve().parent.name
@@ -112,6 +116,7 @@ def start(
 
     import ray
 
+    from raft.cluster import use_token_if_available
     from raft.resources import LOCAL_SYSTEM_CONFIG
 
     check_servable(model_dir)
@@ -120,6 +125,7 @@ def start(
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS")
         if address:
+            use_token_if_available()
             ray.init(address=address, logging_level="WARNING")
         else:
             ray.init(

@@ -118,7 +118,7 @@ class SequenceClassification(Task):
         encoded = tokenizer(
             texts, pairs, truncation=True, max_length=spec.max_length, padding=True, return_tensors="pt"
         )
-        probabilities = model(**encoded).logits.float().softmax(dim=-1)
+        probabilities = model(**encoded.to(model.device)).logits.float().softmax(dim=-1).cpu()
         names = model.config.id2label
         answers = []
         for row in probabilities:

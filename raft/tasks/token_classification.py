@@ -145,7 +145,7 @@ class TokenClassification(Task):
             padding=True,
             return_tensors="pt",
         )
-        probabilities = model(**encoded).logits.float().softmax(dim=-1)
+        probabilities = model(**encoded.to(model.device)).logits.float().softmax(dim=-1).cpu()
         names = model.config.id2label
         answers = []
         for row, (words, text) in enumerate(zip(split, inputs, strict=True)):

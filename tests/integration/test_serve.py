@@ -31,39 +31,30 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def classifier(tiny_bert, tmp_path_factory):
-    """A three-class tiny BERT exported the way raft train exports it (untrained head)."""
-    root = tmp_path_factory.mktemp("serve")
+def _export(tiny_bert, root, task_type: str, name: str, labels: tuple[str, ...]):
+    """A tiny BERT with a fresh head, exported the way raft train exports a run."""
     spec = validate(
         {
             "model": {"path": str(tiny_bert)},
-            "task": {"type": "sequence_classification", "max_length": 16},
+            "task": {"type": task_type, "max_length": 16},
             "data": {"train": "unused.jsonl"},
-            "output": {"dir": str(root), "name": "topics"},
+            "output": {"dir": str(root), "name": name},
         }
     )
-    labels = LabelMap(LABELS)
-    task = registry.get_task("sequence_classification")
-    task.build_model(str(tiny_bert), spec.task, labels).save_pretrained(root / "checkpoint")
-    return export_model(root / "checkpoint", root / "topics" / "model", spec, labels)
+    model = registry.get_task(task_type).build_model(str(tiny_bert), spec.task, LabelMap(labels))
+    model.save_pretrained(root / "checkpoint")
+    return export_model(root / "checkpoint", root / name / "model", spec, LabelMap(labels))
+
+
+@pytest.fixture(scope="module")
+def classifier(tiny_bert, tmp_path_factory):
+    return _export(tiny_bert, tmp_path_factory.mktemp("serve"), "sequence_classification", "topics", LABELS)
 
 
 @pytest.fixture(scope="module")
 def tagger(tiny_bert, tmp_path_factory):
-    root = tmp_path_factory.mktemp("serve-ner")
-    spec = validate(
-        {
-            "model": {"path": str(tiny_bert)},
-            "task": {"type": "token_classification", "max_length": 16},
-            "data": {"train": "unused.jsonl"},
-            "output": {"dir": str(root), "name": "entities"},
-        }
-    )
-    labels = LabelMap(("B-LOC", "B-PER", "I-PER", "O"))
-    task = registry.get_task("token_classification")
-    task.build_model(str(tiny_bert), spec.task, labels).save_pretrained(root / "checkpoint")
-    return export_model(root / "checkpoint", root / "entities" / "model", spec, labels)
+    tags = ("B-LOC", "B-PER", "I-PER", "O")
+    return _export(tiny_bert, tmp_path_factory.mktemp("serve-ner"), "token_classification", "entities", tags)
 
 
 @pytest.fixture(scope="module")
