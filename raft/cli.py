@@ -361,6 +361,12 @@ def serve(
     except (ServeError, SpecError) as error:
         _fail(str(error))
     section = spec.serve or serving.ServeSection()
+    if section.adapters_dir:  # a path relative to here, for replicas that start elsewhere
+        section = section.model_copy(update={"adapters_dir": str(Path(section.adapters_dir).resolve())})
+    try:
+        check_servable(model_dir, section)
+    except ServeError as error:
+        _fail(str(error))
     if build_file:
         config = serving.serve_config(section, str(Path(model_dir).resolve()), name)
         Path(build_file).write_text(yaml.safe_dump(config, sort_keys=False))
@@ -371,10 +377,8 @@ def serve(
     except ServeError as error:
         _fail(str(error))
     click.echo(f"[raft serve] {spec.task.type} model from {model_dir} at {url}")
-    click.echo(
-        f"  curl -s {url}/predict -H 'content-type: application/json' "
-        """-d '{"inputs": ["some text"], "top_k": 2}'"""
-    )
+    served_name = spec.output.name or Path(model_dir).resolve().parent.name
+    click.echo(f"  {serving.example_request(spec.task.type, url, served_name)}")
     click.echo("  Ctrl-C stops it.")
     try:
         while True:

@@ -14,10 +14,23 @@ request ids, and the Serve config file that ``raft serve --build`` writes. No Ra
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import re
+from pathlib import Path
 from typing import Any
 
-from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    model_validator,
+)
 
 from raft.registry import SectionModel
 
@@ -75,6 +88,11 @@ class ServeSection(SectionModel):
         4,
         description="LoRA adapters a replica keeps loaded over its one base model (least recently used go).",
     )
+    adapters_dir: str | None = Field(
+        None,
+        description="Folder of LoRA adapter exports over the served model's base, picked per request by "
+        "id: <id>/model (a raft run) or <id> (an adapter folder). The served model must be an adapter export.",
+    )
     host: str = Field(
         "127.0.0.1", description="Address the HTTP proxy listens on (0.0.0.0: every interface)."
     )
@@ -106,6 +124,64 @@ def split_model_id(model: str, base_name: str) -> tuple[str, str | None]:
     """An OpenAI-style ``model`` field → (base, adapter): ``base`` or ``base:adapter``."""
     base, _, adapter = model.partition(":")
     return base or base_name, adapter or None
+
+
+ADAPTER_MARKER = "adapter_config.json"
+
+
+def adapter_path(adapters_dir: str | Path, adapter_id: str) -> Path | None:
+    """The folder of adapter ``adapter_id`` (a valid id) under ``adapters_dir``: a raft
+    run's ``<id>/model``, or ``<id>`` itself; None when neither holds an adapter."""
+    root = Path(adapters_dir)
+    for candidate in (root / adapter_id / "model", root / adapter_id):
+        if (candidate / ADAPTER_MARKER).is_file():
+            return candidate
+    return None
+
+
+def available_adapters(adapters_dir: str | Path) -> list[str]:
+    """Ids of the adapters under ``adapters_dir``, sorted."""
+    root = Path(adapters_dir)
+    if not root.is_dir():
+        return []
+    return sorted(
+        entry.name
+        for entry in root.iterdir()
+        if adapter_problem(entry.name) is None and adapter_path(root, entry.name) is not None
+    )
+
+
+def adapter_mismatch(base_spec: Any, adapter_spec: Any, adapter_id: str) -> str | None:
+    """Why adapter ``adapter_id`` (its raft spec) cannot run over the served model's base."""
+    if adapter_spec.task.type != base_spec.task.type:
+        return f"adapter {adapter_id!r} is a {adapter_spec.task.type} model; this deployment serves {base_spec.task.type}"
+    if Path(adapter_spec.model.path).resolve() != Path(base_spec.model.path).resolve():
+        return (
+            f"adapter {adapter_id!r} was trained over {adapter_spec.model.path}; this deployment's base is "
+            f"{base_spec.model.path}"
+        )
+    if not type(adapter_spec.technique).is_adapter or adapter_spec.output.merge_adapter:
+        return f"{adapter_id!r} is not an adapter export (technique {adapter_spec.technique.type})"
+    if adapter_spec.technique.type != base_spec.technique.type:
+        return (
+            f"adapter {adapter_id!r} is a {adapter_spec.technique.type} adapter; this deployment's "
+            f"adapters are {base_spec.technique.type} (one kind per base model)"
+        )
+    return None
+
+
+class LoadedAdapter:
+    """What ``serve.multiplexed`` caches per adapter id: the adapter's name in the replica's
+    peft model. Serve calls ``__del__`` when it evicts the id (least recently used); that
+    unloads the adapter, once (Python calls ``__del__`` again at garbage collection)."""
+
+    def __init__(self, adapter_id: str, name: str, path: Path, unload: Any) -> None:
+        self.adapter_id, self.name, self.path, self._unload = adapter_id, name, path, unload
+
+    def __del__(self) -> None:
+        unload, self._unload = getattr(self, "_unload", None), None
+        if unload is not None:
+            unload(self.name)
 
 
 def deployment_options(section: ServeSection) -> dict[str, Any]:
@@ -151,24 +227,211 @@ def serve_config(section: ServeSection, model_dir: str, name: str = APP_NAME) ->
 
 
 class PredictRequest(SectionModel):
-    """``POST /predict``: one input or a list; an input is a text, or [text, pair] for a
-    pair classifier."""
+    """``POST /predict``: one input or a list of them, and the family's parameters (the
+    Hugging Face inference API's shape). What an input is depends on the family: a text, a
+    [text, pair], base64 image or audio bytes, an {"image"/"text": ...} object."""
 
-    inputs: str | list[str | list[str]] = Field(..., description="A text, or a list of them.")
-    top_k: PositiveInt = Field(1, le=1000, description="Classes to return per input, best first.")
+    inputs: Any = Field(..., description="One input, or a list of them.")
+    parameters: dict[str, Any] = Field(default_factory=dict, description="Options of the family's predict.")
 
     def items(self) -> list[Any]:
-        return [self.inputs] if isinstance(self.inputs, str) else list(self.inputs)
+        """A list is a list of inputs (so one text pair is [[text, pair]])."""
+        return list(self.inputs) if isinstance(self.inputs, list) else [self.inputs]
 
 
-def input_problems(items: list[Any], pairs: bool) -> list[str]:
-    """What is wrong with a request's inputs for a model that takes text pairs or not."""
+# -- request parameters shared by families (pydantic: unknown keys are refused) -----------
+class TopK(SectionModel):
+    top_k: PositiveInt = Field(1, le=1000, description="Classes to return per input, best first.")
+
+
+class GenerationOptions(SectionModel):
+    """Per-request decoding overrides of the export's ``generation:`` settings."""
+
+    max_new_tokens: PositiveInt | None = Field(None, le=4096)
+    temperature: NonNegativeFloat | None = None
+    top_p: PositiveFloat | None = Field(None, le=1.0)
+    num_beams: PositiveInt | None = Field(None, le=16)
+    repetition_penalty: PositiveFloat | None = None
+
+
+def decode_media(item: Any, kind: str) -> bytes:
+    """A media input's bytes: bytes of an upload, or base64 text (a ``data:`` URL too).
+    ValueError names what is wrong; whether the bytes decode as ``kind`` is the family's."""
+    if isinstance(item, bytes | bytearray):
+        data = bytes(item)
+    elif isinstance(item, str):
+        text = item.split(",", 1)[1] if item.startswith("data:") and "," in item else item
+        try:
+            data = base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError(f"give the {kind} as base64 text (or a data: URL); this is not base64") from None
+    else:
+        raise ValueError(f"give the {kind} as base64 text (or upload it as a file)")
+    if not data:
+        raise ValueError(f"the {kind} is empty")
+    return data
+
+
+def input_problems(task: Any, spec: Any, items: list[Any]) -> tuple[list[Any], list[str]]:
+    """(decoded inputs, problems) of a request's inputs, each problem naming its input."""
     if not items:
-        return ["inputs: give at least one input"]
-    problems = []
+        return [], ["inputs: give at least one input"]
+    decoded, problems = [], []
     for index, item in enumerate(items):
-        if pairs and not (isinstance(item, list) and len(item) == 2):
-            problems.append(f"inputs[{index}]: this model classifies text pairs; give [text, pair]")
-        elif not pairs and not isinstance(item, str):
-            problems.append(f"inputs[{index}]: give a text (this model takes one text per input)")
-    return problems
+        try:
+            decoded.append(task.request_input(item, spec))
+        except ValueError as error:
+            problems.append(f"inputs[{index}]: {error}")
+    return decoded, problems
+
+
+def example_request(task_type: str, url: str, model_name: str) -> str:
+    """A shell command that asks a freshly served model something (printed by raft serve)."""
+    json_post = f"curl -s {url}/predict -H 'content-type: application/json' -d "
+    if task_type == "causal_lm":
+        body = {"model": model_name, "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 32}
+        return (
+            f"curl -s {url}/v1/chat/completions -H 'content-type: application/json' -d '{json.dumps(body)}'"
+            f"   (or /v1/completions with a prompt; the openai client: base_url={url}/v1)"
+        )
+    if task_type in ("image_classification", "speech_recognition"):
+        kind = "image.png" if task_type == "image_classification" else "clip.wav"
+        return f"curl -s {url}/predict/upload -F files=@{kind}   (or /predict with base64 inputs)"
+    if task_type == "image_text":
+        body = {"inputs": [{"text": "a photo of a cat"}]}
+        return (
+            json_post
+            + f"'{json.dumps(body)}'   (or {{\"image\": <base64>}} with parameters.candidate_labels)"
+        )
+    body = {
+        "inputs": ["some text"],
+        "parameters": {"top_k": 2} if task_type == "sequence_classification" else {},
+    }
+    return json_post + f"'{json.dumps(body)}'"
+
+
+# -- OpenAI-compatible generation (causal LMs) ---------------------------------------------
+class _OpenAIRequest(BaseModel):
+    """Fields raft acts on; others an OpenAI client may send (user, seed, penalties...) are
+    accepted and ignored, as OpenAI-compatible servers do. Unsupported values are refused."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(..., min_length=1)
+    max_tokens: PositiveInt | None = Field(None, le=4096)
+    max_completion_tokens: PositiveInt | None = Field(None, le=4096)
+    temperature: NonNegativeFloat | None = Field(None, le=2.0)
+    top_p: PositiveFloat | None = Field(None, le=1.0)
+    n: PositiveInt = Field(1, le=1, description="Completions per prompt (raft generates one).")
+    stream: bool = False
+    stop: str | list[str] | None = None
+    logprobs: Any = None
+
+    @model_validator(mode="after")
+    def _supported(self) -> _OpenAIRequest:
+        if self.logprobs not in (None, False, 0):
+            raise ValueError("logprobs are not supported by raft serve")
+        return self
+
+    def options(self) -> dict[str, Any]:
+        """The decoding options of the causal LM's predict."""
+        options: dict[str, Any] = {}
+        if (tokens := self.max_completion_tokens or self.max_tokens) is not None:
+            options["max_new_tokens"] = tokens
+        if self.temperature is not None:
+            options["temperature"] = self.temperature
+        if self.top_p is not None:
+            options["top_p"] = self.top_p
+        if self.stop:
+            options["stop"] = [self.stop] if isinstance(self.stop, str) else list(self.stop)
+        return options
+
+
+class CompletionRequest(_OpenAIRequest):
+    prompt: str | list[str] = Field(..., description="A prompt, or a list of them.")
+
+    def prompts(self) -> list[str]:
+        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: str
+    content: str
+
+
+class ChatCompletionRequest(_OpenAIRequest):
+    messages: list[ChatMessage] = Field(..., min_length=1)
+
+
+def completion_response(rid: str, model: str, created: int, answers: list[dict[str, Any]]) -> dict[str, Any]:
+    """An OpenAI ``text_completion`` object of one answer per prompt."""
+    return {
+        "id": rid,
+        "object": "text_completion",
+        "created": created,
+        "model": model,
+        "choices": [
+            {"index": i, "text": a["generated_text"], "finish_reason": a["finish_reason"], "logprobs": None}
+            for i, a in enumerate(answers)
+        ],
+        "usage": usage(answers),
+    }
+
+
+def chat_response(rid: str, model: str, created: int, answer: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": rid,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": answer["generated_text"]},
+                "finish_reason": answer["finish_reason"],
+                "logprobs": None,
+            }
+        ],
+        "usage": usage([answer]),
+    }
+
+
+def usage(answers: list[dict[str, Any]]) -> dict[str, int]:
+    prompt = sum(a["prompt_tokens"] for a in answers)
+    completion = sum(a["completion_tokens"] for a in answers)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def stream_chunk(
+    rid: str, model: str, created: int, chat: bool, text: str | None, finish_reason: str | None
+) -> str:
+    """One server-sent event of a streamed completion (chat: ``chat.completion.chunk``)."""
+    if chat:
+        delta: dict[str, Any] = {} if text is None else {"content": text}
+        if text == "" and finish_reason is None:
+            delta = {"role": "assistant", "content": ""}
+        choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish_reason}
+        body = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model}
+    else:
+        choice = {"index": 0, "text": text or "", "finish_reason": finish_reason, "logprobs": None}
+        body = {"id": rid, "object": "text_completion", "created": created, "model": model}
+    return f"data: {json.dumps({**body, 'choices': [choice]})}\n\n"
+
+
+STREAM_END = "data: [DONE]\n\n"
+
+
+def validation_messages(errors: list[dict[str, Any]]) -> list[str]:
+    """Pydantic/FastAPI validation errors as "field: message" lines."""
+    return [f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}" for e in errors]
+
+
+def openai_error(status: int, detail: Any) -> dict[str, Any]:
+    """OpenAI's error body (what its client raises with): {"error": {message, type, code}}."""
+    message = "; ".join(str(d) for d in detail) if isinstance(detail, list) else str(detail)
+    kind = {404: "not_found_error", 422: "invalid_request_error", 503: "overloaded_error"}.get(
+        status, "invalid_request_error" if status < 500 else "server_error"
+    )
+    return {"error": {"message": message, "type": kind, "param": None, "code": status}}

@@ -214,10 +214,43 @@ class Task(ABC):
         return None
 
     # -- serving ------------------------------------------------------------------
+    # ``raft serve``: a ``POST /predict`` body is {"inputs": one input or a list,
+    # "parameters": {...}}. Each input goes through ``request_input`` and the parameters
+    # through ``options_model``; a ValueError / ValidationError there is the client's 422.
+    # Inputs of one batch that share their options run as one ``predict`` call.
     serves = False  # True where predict() is implemented (raft serve refuses the others)
+    # True for families whose /predict input is a media file (image, audio): the input is
+    # base64 text (or a data: URL) in JSON, or a file of a multipart upload (bytes).
+    media_inputs: ClassVar[bool] = False
+    options_model: ClassVar[type | None] = None  # pydantic model of the request's parameters
 
-    def predict(self, model: Any, model_dir: str, spec: Any, inputs: list[Any], top_k: int) -> list[Any]:
-        """One answer per input, for ``raft serve``: plain JSON-able values."""
+    def request_input(self, item: Any, spec: Any) -> Any:
+        """One input of a request, as ``predict`` takes it; ValueError says what is wrong."""
+        if not isinstance(item, str):
+            raise ValueError("give a text")
+        return item
+
+    def request_options(self, parameters: dict[str, Any], spec: Any) -> dict[str, Any]:
+        """The request's ``parameters`` checked against ``options_model`` (ValueError names
+        the bad or unknown key), as the keyword arguments of ``predict``."""
+        if self.options_model is None:
+            if parameters:
+                raise ValueError(f"this model takes no parameters (got {sorted(parameters)})")
+            return {}
+        from pydantic import ValidationError
+
+        try:
+            return self.options_model.model_validate(parameters).model_dump(exclude_none=True)
+        except ValidationError as error:
+            raise ValueError(
+                "; ".join(
+                    f"parameters.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()
+                )
+            ) from None
+
+    def predict(self, model: Any, model_dir: str, spec: Any, inputs: list[Any], **options: Any) -> list[Any]:
+        """One answer per input (from ``request_input``), for ``raft serve``: plain
+        JSON-able values. ``options``: from ``request_options``."""
         raise NotImplementedError(f"raft serve does not serve {self.name} models yet")
 
     # -- tests --------------------------------------------------------------------

@@ -31,11 +31,18 @@ from pydantic import Field, PositiveInt, field_validator, model_validator
 from raft.generation import GenerationSpec, generate, generation_config, left_pad
 from raft.labels import LabelMap
 from raft.registry import TaskSpec, register_task
+from raft.serving import GenerationOptions
 from raft.tasks.base import EvalContext, Task, load_tokenizer
 from raft.tasks.sequence_classification import trim_padding
 
 IGNORE = -100
 DEFAULT_ROLES = ["system", "user", "assistant", "tool"]
+
+
+class CompletionOptions(GenerationOptions):
+    """A serve request's decoding overrides, and OpenAI's stop strings."""
+
+    stop: list[str] | None = Field(None, max_length=4, description="Generation ends before any of these.")
 
 
 class CausalLmSpec(TaskSpec):
@@ -235,6 +242,49 @@ class CausalLm(Task):
             for (ids, ref), out in zip(prompts, outputs, strict=True)
         ]
 
+    # -- serving --------------------------------------------------------------------
+    # An input is a prompt (text, tokenized with the tokenizer's own BOS as in training) or
+    # a conversation {"messages": [{role, content}...]} rendered by the chat template with
+    # the generation prompt (as chat training rendered it). The OpenAI routes of raft
+    # serve feed both; the answer carries OpenAI's token counts and finish reason.
+    serves = True
+    options_model = CompletionOptions
+
+    def request_input(self, item: Any, spec: CausalLmSpec) -> Any:
+        if isinstance(item, str):
+            return item
+        if isinstance(item, dict) and set(item) == {"messages"}:
+            messages = item["messages"]
+            if not isinstance(messages, list) or not messages:
+                raise ValueError("messages must be a non-empty list of {role, content} turns")
+            for number, turn in enumerate(messages, start=1):
+                if not (isinstance(turn, dict) and isinstance(turn.get("content"), str) and "role" in turn):
+                    raise ValueError(f"turn {number} is not a {{role, content}} object with text content")
+                if turn["role"] not in spec.roles:
+                    raise ValueError(f"turn {number} has role {turn['role']!r}, not one of {spec.roles}")
+            return {"messages": _turns(messages)}
+        raise ValueError('give a prompt (text) or {"messages": [{"role": ..., "content": ...}]}')
+
+    def prompt_ids(self, tokenizer: Any, item: Any, spec: CausalLmSpec) -> list[int]:
+        """Token ids of a request input (from ``request_input``)."""
+        if isinstance(item, str):
+            return list(tokenizer(item)["input_ids"])
+        if spec.chat_template is None and not tokenizer.chat_template:
+            raise ValueError("this model has no chat template; send a prompt (/v1/completions) instead")
+        text = _render(tokenizer, item["messages"], spec.chat_template, True)
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    @torch.no_grad()
+    def predict(
+        self, model: Any, model_dir: str, spec: CausalLmSpec, inputs: list[Any], **options: Any
+    ) -> list[dict[str, Any]]:
+        """Each prompt → {generated_text, finish_reason, prompt_tokens, completion_tokens}."""
+        tokenizer = load_tokenizer(model_dir)
+        stop = options.pop("stop", None) or []
+        settings = spec.generation.model_copy(update=options)
+        prompts = [self.prompt_ids(tokenizer, item, spec) for item in inputs]
+        return complete(model, tokenizer, prompts, settings, stop)
+
     def tiny_config(self, **overrides: Any) -> Any:
         from transformers import LlamaConfig
 
@@ -384,6 +434,138 @@ def token_stats(logits: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
     )
     correct = ((logits.argmax(-1) == targets) & scored).sum()
     return np.array([float(loss), float(scored.sum()), float(correct)], dtype=np.float64)
+
+
+# -- serving (pure; raft.serve calls these) --------------------------------------------
+def _cut_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:
+    """``text`` up to the first of ``stop`` (and whether one was found)."""
+    cuts = [text.index(s) for s in stop if s and s in text]
+    return (text[: min(cuts)], True) if cuts else (text, False)
+
+
+def complete(
+    model: Any, tokenizer: Any, prompts: list[list[int]], settings: GenerationSpec, stop: list[str]
+) -> list[dict[str, Any]]:
+    """Generate a continuation of each prompt (one batch, left-padded), with OpenAI's
+    accounting: tokens generated up to EOS, and finish_reason "stop" (EOS or a stop
+    string) or "length" (max_new_tokens reached)."""
+    pad = _pad_id(tokenizer)
+    input_ids, attention_mask = left_pad(prompts, pad)
+    device = next(model.parameters()).device
+    output = model.generate(
+        input_ids=input_ids.to(device),
+        attention_mask=attention_mask.to(device),
+        pad_token_id=pad,
+        eos_token_id=tokenizer.eos_token_id,
+        **settings.generate_kwargs(),
+    )[:, input_ids.shape[1] :].cpu()
+    answers = []
+    for prompt, row in zip(prompts, output.tolist(), strict=True):
+        ended = tokenizer.eos_token_id in row
+        tokens = row[: row.index(tokenizer.eos_token_id)] if ended else row
+        text, stopped = _cut_at_stop(tokenizer.decode(tokens, skip_special_tokens=True), stop)
+        answers.append(
+            {
+                "generated_text": text,
+                "finish_reason": "stop" if ended or stopped else "length",
+                "prompt_tokens": len(prompt),
+                "completion_tokens": len(tokens) + int(ended),
+            }
+        )
+    return answers
+
+
+def stream_completion(
+    model: Any, tokenizer: Any, prompt: list[int], settings: GenerationSpec, stop: list[str]
+) -> Any:
+    """Generate a continuation of one prompt, yielding text pieces as tokens arrive, then a
+    last item {finish_reason, prompt_tokens, completion_tokens}. ``model.generate`` runs in
+    a thread and hands each new token over through a streamer; it stops early once a stop
+    string is seen or the consumer goes away (the generator is closed)."""
+    import queue
+    import threading
+
+    from transformers import StoppingCriteria, StoppingCriteriaList
+    from transformers.generation.streamers import BaseStreamer
+
+    tokens: queue.Queue = queue.Queue()
+    cancel = threading.Event()
+
+    class _Cancelled(StoppingCriteria):
+        def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+            return torch.full(
+                (input_ids.shape[0],), cancel.is_set(), dtype=torch.bool, device=input_ids.device
+            )
+
+    class _Tokens(BaseStreamer):
+        first = True
+
+        def put(self, value: torch.Tensor) -> None:
+            if self.first:  # generate() hands the prompt over first
+                self.first = False
+                return
+            for token in value.reshape(-1).tolist():
+                tokens.put(token)
+
+        def end(self) -> None:
+            tokens.put(None)
+
+    failure: list[BaseException] = []
+
+    def _run() -> None:
+        try:
+            device = next(model.parameters()).device
+            with torch.no_grad():
+                model.generate(
+                    input_ids=torch.tensor([prompt], device=device),
+                    attention_mask=torch.ones((1, len(prompt)), dtype=torch.long, device=device),
+                    pad_token_id=_pad_id(tokenizer),
+                    eos_token_id=tokenizer.eos_token_id,
+                    streamer=_Tokens(),
+                    stopping_criteria=StoppingCriteriaList([_Cancelled()]),
+                    **settings.generate_kwargs(),
+                )
+        except BaseException as error:  # handed to the consumer, raised there
+            failure.append(error)
+            tokens.put(None)
+
+    thread = threading.Thread(target=_run, daemon=True)
+    thread.start()
+    generated: list[int] = []
+    sent, ended, stopped = "", False, False
+    try:
+        while (token := tokens.get()) is not None:
+            if token == tokenizer.eos_token_id:
+                ended = True
+                break
+            generated.append(token)
+            text, stopped = _cut_at_stop(tokenizer.decode(generated, skip_special_tokens=True), stop)
+            # hold back what may be the start of a stop string, or a partial character
+            safe = text if stopped else text[: len(text) - _held_back(text, stop)]
+            if len(safe) > len(sent) and not safe.endswith("\ufffd"):
+                yield safe[len(sent) :]
+                sent = safe
+            if stopped:
+                break
+    finally:
+        cancel.set()
+        thread.join()
+    if failure:
+        raise failure[0]
+    if not stopped:
+        text, _ = _cut_at_stop(tokenizer.decode(generated, skip_special_tokens=True), stop)
+        if len(text) > len(sent):
+            yield text[len(sent) :]
+    yield {
+        "finish_reason": "stop" if ended or stopped else "length",
+        "prompt_tokens": len(prompt),
+        "completion_tokens": len(generated) + int(ended),
+    }
+
+
+def _held_back(text: str, stop: list[str]) -> int:
+    """Length of the longest end of ``text`` that begins one of ``stop``."""
+    return max((n for s in stop for n in range(1, len(s)) if text.endswith(s[:n])), default=0)
 
 
 def _text_problem(value: Any, column: str) -> str | None:

@@ -15,6 +15,7 @@ from pydantic import Field, PositiveInt
 from raft.labels import LabelMap
 from raft.metrics import classification_metrics, confusion_matrix
 from raft.registry import TaskSpec, register_task
+from raft.serving import TopK
 from raft.tasks.base import Task, load_tokenizer
 
 
@@ -106,10 +107,19 @@ class SequenceClassification(Task):
         return classification_metrics(stats)
 
     serves = True
+    options_model = TopK
+
+    def request_input(self, item: Any, spec: SequenceClassificationSpec) -> Any:
+        if spec.text_pair_column:
+            if not (isinstance(item, list) and len(item) == 2 and all(isinstance(t, str) for t in item)):
+                raise ValueError("this model classifies text pairs; give [text, pair]")
+        elif not isinstance(item, str):
+            raise ValueError("give a text (this model takes one text per input)")
+        return item
 
     @torch.no_grad()
     def predict(
-        self, model: Any, model_dir: str, spec: SequenceClassificationSpec, inputs: list[Any], top_k: int
+        self, model: Any, model_dir: str, spec: SequenceClassificationSpec, inputs: list[Any], top_k: int = 1
     ) -> list[dict[str, Any]]:
         """Each input (a text, or a [text, pair] list) → its label, score and top_k classes."""
         tokenizer = load_tokenizer(model_dir)

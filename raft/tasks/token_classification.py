@@ -132,7 +132,7 @@ class TokenClassification(Task):
 
     @torch.no_grad()
     def predict(
-        self, model: Any, model_dir: str, spec: TokenClassificationSpec, inputs: list[Any], top_k: int
+        self, model: Any, model_dir: str, spec: TokenClassificationSpec, inputs: list[Any]
     ) -> list[dict[str, Any]]:
         """Each text → its words' tags and the entities they form, with character spans."""
         tokenizer = load_tokenizer(model_dir)

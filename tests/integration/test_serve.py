@@ -77,7 +77,7 @@ def test_a_token_classifier_answers_with_entities_beside_the_classifier(tagger, 
     response = httpx.post(f"{ner}/predict", json={"inputs": texts}, timeout=60)
     assert response.status_code == 200, response.text
     spec, model, _ = load_exported(tagger)
-    expected = registry.get_task("token_classification").predict(model, str(tagger), spec.task, texts, 1)
+    expected = registry.get_task("token_classification").predict(model, str(tagger), spec.task, texts)
     for got, want in zip(response.json()["predictions"], expected, strict=True):
         assert [t["word"] for t in got["tags"]] == [t["word"] for t in want["tags"]]
         assert [t["tag"] for t in got["tags"]] == [t["tag"] for t in want["tags"]]
@@ -89,14 +89,14 @@ def test_a_token_classifier_answers_with_entities_beside_the_classifier(tagger, 
 
 def test_predictions_over_http_equal_an_in_process_call(classifier, url):
     texts = ["good great fine", "bad awful", "the of a"]
-    response = httpx.post(f"{url}/predict", json={"inputs": texts, "top_k": 2}, timeout=60)
+    response = httpx.post(f"{url}/predict", json={"inputs": texts, "parameters": {"top_k": 2}}, timeout=60)
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["model"] == "topics" and len(body["predictions"]) == 3
 
     spec, model, _ = load_exported(classifier)
     expected = registry.get_task("sequence_classification").predict(
-        model, str(classifier), spec.task, texts, 2
+        model, str(classifier), spec.task, texts, top_k=2
     )
     for got, want in zip(body["predictions"], expected, strict=True):
         assert got["label"] == want["label"] in LABELS
@@ -132,7 +132,8 @@ def test_concurrent_clients_are_batched(url):
         (json.dumps({"text": "hello"}).encode(), "inputs"),  # the field is named inputs
         (json.dumps({"inputs": ["a", ["a", "b"]]}).encode(), "inputs[1]: give a text"),
         (json.dumps({"inputs": []}).encode(), "give at least one input"),
-        (json.dumps({"inputs": "a", "top_k": 0}).encode(), "top_k"),
+        (json.dumps({"inputs": "a", "parameters": {"top_k": 0}}).encode(), "parameters.top_k"),
+        (json.dumps({"inputs": "a", "parameters": {"beams": 2}}).encode(), "parameters.beams"),
         (json.dumps({"inputs": "a", "colour": "red"}).encode(), "colour"),
     ],
 )

@@ -197,3 +197,117 @@ def test_chat_without_any_template_is_refused_before_training(tmp_path):
     with pytest.raises(RunError, match="has no chat template; set task.chat_template"):
         preflight(spec)
     TASK.check_model(CausalLmSpec(format="chat", chat_template="{{ messages }}"), str(path))
+
+
+# -- serving ----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def lm(model_dir):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(model_dir).eval()
+
+
+def _greedy(lm, tokenizer, prompt: str, max_new_tokens: int) -> list[int]:
+    """Greedy continuation of one unpadded prompt, cut at EOS: what serving must reproduce."""
+    ids = torch.tensor([tokenizer(prompt)["input_ids"]])
+    out = lm.generate(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )[0, ids.shape[1] :].tolist()
+    return out[: out.index(tokenizer.eos_token_id)] if tokenizer.eos_token_id in out else out
+
+
+def test_predict_batches_prompts_of_different_lengths_like_one_at_a_time(lm, model_dir, tokenizer):
+    spec = CausalLmSpec(generation={"max_new_tokens": 6})
+    prompts = ["the movie was very", "good"]
+    answers = TASK.predict(lm, model_dir, spec, prompts)
+    for prompt, answer in zip(prompts, answers, strict=True):
+        expected = _greedy(lm, tokenizer, prompt, 6)
+        assert answer["generated_text"] == tokenizer.decode(expected, skip_special_tokens=True)
+        assert answer["prompt_tokens"] == len(tokenizer(prompt)["input_ids"])
+        ended = len(expected) < 6
+        assert answer["completion_tokens"] == len(expected) + int(ended)
+        assert answer["finish_reason"] == ("stop" if ended else "length")
+    short = TASK.predict(lm, model_dir, spec, prompts, max_new_tokens=2)
+    assert all(a["completion_tokens"] <= 2 for a in short)
+
+
+def _stop_inside(text: str) -> str:
+    """Two characters of ``text`` that first occur past its start: a stop string that cuts
+    the completion to a non-empty prefix."""
+    for start in range(1, len(text) - 1):
+        if text.index(text[start : start + 2]) == start:
+            return text[start : start + 2]
+    raise AssertionError(f"no usable stop string in {text!r}")
+
+
+def test_a_stop_string_cuts_the_completion(lm, model_dir):
+    spec = CausalLmSpec(generation={"max_new_tokens": 12})
+    (full,) = TASK.predict(lm, model_dir, spec, ["the film"])
+    text = full["generated_text"]
+    assert len(text) >= 4, text
+    stop = _stop_inside(text)
+    (cut,) = TASK.predict(lm, model_dir, spec, ["the film"], stop=[stop])
+    assert cut["generated_text"] == text[: text.index(stop)]
+    assert cut["finish_reason"] == "stop"
+
+
+@pytest.mark.parametrize("stop", [[], ["@stop-at-2"]])
+def test_streaming_yields_the_same_text_as_one_call(lm, model_dir, tokenizer, stop):
+    from raft.tasks.causal_lm import stream_completion
+
+    spec = CausalLmSpec(generation={"max_new_tokens": 10})
+    (whole,) = TASK.predict(lm, model_dir, spec, ["the movie"])
+    if stop:  # a stop string from the middle of the real completion
+        stop = [_stop_inside(whole["generated_text"])]
+        (whole,) = TASK.predict(lm, model_dir, spec, ["the movie"], stop=stop)
+    pieces = list(
+        stream_completion(lm, tokenizer, tokenizer("the movie")["input_ids"], spec.generation, stop)
+    )
+    *texts, last = pieces
+    assert all(isinstance(t, str) and t for t in texts) and len(texts) >= 1
+    assert "".join(texts) == whole["generated_text"]
+    assert last["finish_reason"] == whole["finish_reason"]
+    if not stop:
+        assert last["completion_tokens"] == whole["completion_tokens"]
+
+
+def test_chat_requests_render_with_the_generation_prompt(model_dir, tokenizer):
+    spec = CausalLmSpec(format="chat")
+    item = TASK.request_input({"messages": CHAT[:2]}, spec)
+    ids = TASK.prompt_ids(tokenizer, item, spec)
+    rendered = tokenizer.apply_chat_template(CHAT[:2], tokenize=False, add_generation_prompt=True)
+    assert tokenizer.decode(ids) == rendered
+    assert TASK.prompt_ids(tokenizer, "plain", spec) == tokenizer("plain")["input_ids"]
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        (3, 'give a prompt (text) or {"messages"'),
+        ({"messages": []}, "messages must be a non-empty list"),
+        ({"messages": [{"role": "user"}]}, "turn 1 is not a {role, content} object with text content"),
+        ({"messages": [{"role": "wizard", "content": "x"}]}, "turn 1 has role 'wizard'"),
+        ({"messages": [], "extra": 1}, 'give a prompt (text) or {"messages"'),
+    ],
+)
+def test_bad_generation_inputs_are_named(item, message):
+    with pytest.raises(ValueError) as caught:
+        TASK.request_input(item, CausalLmSpec())
+    assert message in str(caught.value)
+
+
+def test_generation_options_are_checked_by_name():
+    spec = CausalLmSpec()
+    assert TASK.request_options({"max_new_tokens": 3, "stop": ["\n"]}, spec) == {
+        "max_new_tokens": 3,
+        "stop": ["\n"],
+    }
+    with pytest.raises(ValueError, match="parameters.top_k: Extra inputs are not permitted"):
+        TASK.request_options({"top_k": 3}, spec)
+    with pytest.raises(ValueError, match="parameters.temperature"):
+        TASK.request_options({"temperature": -1}, spec)

@@ -179,9 +179,10 @@ def _export_stub(folder, tiny_bert, task: dict) -> Path:
         (["{classifier}", "train.lr=1"], "raft serve takes serve.key=value overrides only; got train.lr=1"),
         (["{classifier}", "serve.replicas=2"], "serve.replicas"),
         (["{classifier}", "serve.num_replicas=2", "serve.autoscaling={{max_replicas: 3}}"], "not both"),
+        (["{classifier}", "serve.adapters_dir={tmp}/nowhere"], "nowhere' is not a folder"),
         (
-            ["{generator}"],
-            "raft serve does not serve causal_lm models yet (it serves: sequence_classification, token_classification)",
+            ["{generator}", "serve.adapters_dir={tmp}"],
+            "serve.adapters_dir needs an adapter export to serve (its base model carries the adapters)",
         ),
     ],
 )
