@@ -217,7 +217,7 @@ class Predictor:
             raise HTTPException(status_code=422, detail=[str(error)]) from None
 
     def _inputs(self, items: list[Any]) -> list[Any]:
-        decoded, problems = serving.input_problems(self.task, self.spec.task, items)
+        decoded, problems = serving.input_problems(self.task, self.spec.task, items, self.model_dir)
         if problems:
             raise HTTPException(status_code=422, detail=problems)
         return decoded

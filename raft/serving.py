@@ -272,14 +272,16 @@ def decode_media(item: Any, kind: str) -> bytes:
     return data
 
 
-def input_problems(task: Any, spec: Any, items: list[Any]) -> tuple[list[Any], list[str]]:
+def input_problems(
+    task: Any, spec: Any, items: list[Any], model_dir: str | None = None
+) -> tuple[list[Any], list[str]]:
     """(decoded inputs, problems) of a request's inputs, each problem naming its input."""
     if not items:
         return [], ["inputs: give at least one input"]
     decoded, problems = [], []
     for index, item in enumerate(items):
         try:
-            decoded.append(task.request_input(item, spec))
+            decoded.append(task.request_input(item, spec, model_dir))
         except ValueError as error:
             problems.append(f"inputs[{index}]: {error}")
     return decoded, problems

@@ -19,3 +19,25 @@ def base_spec(model: Path, data: dict[str, Path], tmp_path: Path, **sections) ->
     for name, value in sections.items():
         spec[name] = {**spec.get(name, {}), **value} if isinstance(value, dict) else value
     return spec
+
+
+def export_tiny(model_path: Path, root: Path, task: dict, labels: tuple[str, ...] | None = None) -> Path:
+    """A tiny model exported the way ``raft train`` exports a run (the head, if any, fresh):
+    what ``raft serve`` and ``raft eval`` load."""
+    from raft import registry
+    from raft.export import export_model
+    from raft.labels import LabelMap
+    from raft.spec import validate
+
+    spec = validate(
+        {
+            "model": {"path": str(model_path)},
+            "task": task,
+            "data": {"train": "unused.jsonl"},
+            "output": {"dir": str(root), "name": "served"},
+        }
+    )
+    label_map = LabelMap(labels) if labels else None
+    model = registry.get_task(spec.task.type).build_model(str(model_path), spec.task, label_map)
+    model.save_pretrained(root / "checkpoint")
+    return export_model(root / "checkpoint", root / "served" / "model", spec, label_map)

@@ -224,8 +224,9 @@ class Task(ABC):
     media_inputs: ClassVar[bool] = False
     options_model: ClassVar[type | None] = None  # pydantic model of the request's parameters
 
-    def request_input(self, item: Any, spec: Any) -> Any:
-        """One input of a request, as ``predict`` takes it; ValueError says what is wrong."""
+    def request_input(self, item: Any, spec: Any, model_dir: str | None = None) -> Any:
+        """One input of a request, as ``predict`` takes it; ValueError says what is wrong.
+        ``model_dir``: the served export, for checks that need the model (a clip's length)."""
         if not isinstance(item, str):
             raise ValueError("give a text")
         return item

@@ -250,7 +250,7 @@ class CausalLm(Task):
     serves = True
     options_model = CompletionOptions
 
-    def request_input(self, item: Any, spec: CausalLmSpec) -> Any:
+    def request_input(self, item: Any, spec: CausalLmSpec, model_dir: str | None = None) -> Any:
         if isinstance(item, str):
             return item
         if isinstance(item, dict) and set(item) == {"messages"}:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import io
+import re
 from typing import Any, Literal
 
 import numpy as np
@@ -22,6 +23,7 @@ from pydantic import Field, PositiveInt, confloat
 from raft.labels import LabelMap
 from raft.metrics import classification_metrics, confusion_matrix
 from raft.registry import TaskSpec, register_task
+from raft.serving import TopK, decode_media
 from raft.tasks.base import EvalContext, Task
 
 PROMPT_REASON = (
@@ -163,6 +165,24 @@ class ImageClassification(Task):
             return ["pwconv1", "pwconv2"], ["pwconv2"]
         return super().ia3_targets(model)
 
+    # -- serving --------------------------------------------------------------------
+    serves = True
+    media_inputs = True
+    options_model = TopK
+
+    def request_input(self, item: Any, spec: ImageClassificationSpec, model_dir: str | None = None) -> Any:
+        return request_image(decode_media(item, "image"))
+
+    @torch.no_grad()
+    def predict(
+        self, model: Any, model_dir: str, spec: ImageClassificationSpec, inputs: list[Any], top_k: int = 1
+    ) -> list[dict[str, Any]]:
+        """Each image (an RGB PIL image from ``request_input``) → its label, score and the
+        top_k classes, best first (the answer of sequence classification)."""
+        pixels = load_image_processor(model_dir)(images=inputs, return_tensors="pt")["pixel_values"]
+        logits = model(pixel_values=pixels.to(model.device, model.dtype)).logits
+        return ranked_classes(logits.float().softmax(dim=-1).cpu(), model.config.id2label, top_k)
+
     def tiny_config(self, **overrides: Any) -> Any:
         from transformers import ViTConfig
 
@@ -195,6 +215,30 @@ def open_image(value: Any, data_file: Any = None) -> Any:
     from raft.sources import read_media
 
     return Image.open(io.BytesIO(read_media(value, data_file)))
+
+
+def request_image(data: bytes) -> Any:
+    """The RGB PIL image of a request's image bytes, decoded in full here (a truncated or
+    foreign file is the client's error, not the batch's); ValueError says why not."""
+    try:
+        image = open_image(data)
+        image.load()
+        return image.convert("RGB")
+    except Exception as error:
+        # (without the name Pillow gives the in-memory file)
+        reason = re.sub(r" <_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", _short(error))
+        raise ValueError(f"the image does not decode: {reason}") from None
+
+
+def ranked_classes(probabilities: torch.Tensor, names: dict[int, str], top_k: int) -> list[dict[str, Any]]:
+    """Per row of (N, classes) probabilities: {"label", "score", "top_k": [{"label",
+    "score"}, ...]}, the top_k classes best first (at most every class)."""
+    answers = []
+    for row in probabilities:
+        scores, ids = row.topk(min(top_k, row.numel()))
+        ranked = [{"label": names[int(i)], "score": float(p)} for p, i in zip(scores, ids, strict=True)]
+        answers.append({"label": ranked[0]["label"], "score": ranked[0]["score"], "top_k": ranked})
+    return answers
 
 
 def augment_pixels(pixels: np.ndarray, flip: bool, crop: float | None, rng: Any = None) -> np.ndarray:

@@ -23,10 +23,17 @@ import torch
 from pydantic import Field, PositiveInt, field_validator
 
 from raft.labels import LabelMap
-from raft.registry import TaskSpec, register_task
+from raft.registry import SectionModel, TaskSpec, register_task
+from raft.serving import decode_media
 from raft.tasks.base import EvalContext, Task, load_tokenizer
 from raft.tasks.causal_lm import _text_problem
-from raft.tasks.image_classification import _short, load_image_processor, open_image
+from raft.tasks.image_classification import (
+    _short,
+    load_image_processor,
+    open_image,
+    ranked_classes,
+    request_image,
+)
 
 PROMPT_REASON = (
     "peft's {kind} needs a task type with token embeddings to prepend to; an image-text "
@@ -66,6 +73,34 @@ class ImageTextSpec(TaskSpec):
         if "{}" not in value:
             raise ValueError("class_prompt needs a {} where the class name goes")
         return value
+
+
+class ImageTextOptions(SectionModel):
+    """``raft serve`` parameters of an image-text model."""
+
+    candidate_labels: list[str] | None = Field(
+        None,
+        min_length=1,
+        max_length=1000,
+        description="Class names to classify each image against zero-shot (each put into "
+        "task.class_prompt). Default: the classes the model was trained with, if any.",
+    )
+    top_k: PositiveInt = Field(1, le=1000, description="Classes to return per image, best first.")
+
+    @field_validator("candidate_labels")
+    @classmethod
+    def _distinct(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return value
+        if any(not label.strip() for label in value):
+            raise ValueError("a candidate label is blank")
+        repeated = sorted({label for label in value if value.count(label) > 1})
+        if repeated:
+            raise ValueError(f"candidate labels repeat: {repeated}")
+        return value
+
+
+INPUT_SHAPE = 'give {"image": <base64 image>} or {"text": "..."} (exactly one of the two)'
 
 
 class ImageText(Task):
@@ -192,6 +227,64 @@ class ImageText(Task):
     ) -> dict[str, float]:
         return retrieval_metrics(stats, tuple(sorted({1, *spec.recall_at})))
 
+    # -- serving --------------------------------------------------------------------
+    serves = True
+    options_model = ImageTextOptions
+
+    def request_input(self, item: Any, spec: ImageTextSpec, model_dir: str | None = None) -> tuple[str, Any]:
+        """{"image": base64} → ("image", RGB PIL image); {"text": str} → ("text", str)."""
+        if not isinstance(item, dict):
+            raise ValueError(INPUT_SHAPE)
+        if set(item) not in ({"image"}, {"text"}):
+            raise ValueError(f"{INPUT_SHAPE}; got the keys {sorted(map(str, item))}")
+        if "text" in item:
+            if not isinstance(item["text"], str):
+                raise ValueError(f'"text" must be a string, got {type(item["text"]).__name__}')
+            return "text", item["text"]
+        return "image", request_image(decode_media(item["image"], "image"))
+
+    @torch.no_grad()
+    def predict(
+        self,
+        model: Any,
+        model_dir: str,
+        spec: ImageTextSpec,
+        inputs: list[tuple[str, Any]],
+        candidate_labels: list[str] | None = None,
+        top_k: int = 1,
+    ) -> list[dict[str, Any]]:
+        """Each input → {"embedding": its unit embedding}; an image is also classified
+        zero-shot (label, score, top_k: softmax over the model's scaled cosine similarity
+        to ``class_prompt`` filled with each name) against ``candidate_labels``, or else the
+        classes the model was trained with, when there are any."""
+        answers: list[dict[str, Any]] = [{} for _ in inputs]
+        texts = [i for i, (kind, _) in enumerate(inputs) if kind == "text"]
+        images = [i for i, (kind, _) in enumerate(inputs) if kind == "image"]
+        if texts:
+            vectors = text_embeddings(model, model_dir, [inputs[i][1] for i in texts], spec.max_length)
+            for i, vector in zip(texts, vectors, strict=True):
+                answers[i] = {"embedding": vector.tolist()}
+        if images:
+            pixels = load_image_processor(model_dir)(
+                images=[inputs[i][1] for i in images], return_tensors="pt"
+            )
+            features = model.get_image_features(
+                pixel_values=pixels["pixel_values"].to(model.device, model.dtype)
+            )
+            vectors = _unit(_pooled(features).float()).cpu()
+            names = candidate_labels or trained_classes(model, spec)
+            ranked: list[dict[str, Any]] = [{} for _ in images]
+            if names:
+                prompts = [spec.class_prompt.format(name) for name in names]
+                classes = text_embeddings(model, model_dir, prompts, spec.max_length)
+                scale = getattr(model, "logit_scale", None)
+                scale = float(scale.exp()) if scale is not None else 1.0
+                probabilities = (scale * vectors @ classes.T).softmax(dim=-1)
+                ranked = ranked_classes(probabilities, dict(enumerate(names)), top_k)
+            for i, vector, classified in zip(images, vectors, ranked, strict=True):
+                answers[i] = {**classified, "embedding": vector.tolist()}
+        return answers
+
     def tiny_config(self, **overrides: Any) -> Any:
         from transformers import CLIPConfig
 
@@ -244,14 +337,30 @@ def class_embeddings(context: EvalContext, labels: LabelMap) -> torch.Tensor:
     """Unit text embeddings of ``class_prompt`` filled with each class name, in id order."""
     spec: ImageTextSpec = context.spec
     prompts = [spec.class_prompt.format(name) for name in labels.names]
-    ids, mask = caption_ids(load_tokenizer(context.model_path), prompts, spec.max_length)
-    device = next(context.model.parameters()).device
+    return text_embeddings(context.model, context.model_path, prompts, spec.max_length).double()
+
+
+def text_embeddings(model: Any, model_path: str, texts: list[str], max_length: int) -> torch.Tensor:
+    """(N, D) unit float32 text embeddings (on the CPU) of ``texts``, tokenized as captions
+    are in training (``caption_ids``) with the tokenizer in ``model_path``."""
+    ids, mask = caption_ids(load_tokenizer(model_path), texts, max_length)
+    longest = int(mask.sum(axis=1).max()) or 1  # padding past the longest changes nothing
+    device = next(model.parameters()).device
     with torch.no_grad():
-        features = context.model.get_text_features(
-            input_ids=torch.from_numpy(ids).to(device), attention_mask=torch.from_numpy(mask).to(device)
+        features = model.get_text_features(
+            input_ids=torch.from_numpy(ids[:, :longest]).to(device),
+            attention_mask=torch.from_numpy(mask[:, :longest]).to(device),
         )
-    features = getattr(features, "pooler_output", features)  # transformers 5 returns an output object
-    return _unit(features).cpu().double()
+    return _unit(_pooled(features).float()).cpu()
+
+
+def trained_classes(model: Any, spec: ImageTextSpec) -> list[str]:
+    """The class names a model trained with a ``label_column`` carries in its config (in id
+    order); none for a model trained on captions alone."""
+    id2label = getattr(model.config, "id2label", None) or {}
+    if not spec.label_column or not id2label:
+        return []
+    return [str(id2label[i]) for i in sorted(id2label, key=int)]
 
 
 def retrieval_metrics(stats: np.ndarray, recall_at: tuple[int, ...] = (1, 5)) -> dict[str, float]:
@@ -279,6 +388,11 @@ def retrieval_metrics(stats: np.ndarray, recall_at: tuple[int, ...] = (1, 5)) ->
     if labelled.any():
         metrics["zero_shot_accuracy"] = float((predicted[labelled] == classes[labelled]).mean())
     return metrics
+
+
+def _pooled(features: Any) -> torch.Tensor:
+    """The projected embeddings of ``get_*_features`` (transformers 5 returns an output object)."""
+    return getattr(features, "pooler_output", features)
 
 
 def _unit(vectors: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,7 @@ from raft.generation import GenerationSpec, generate, generation_config
 from raft.labels import LabelMap
 from raft.metrics import TEXT_STATS, text_generation_metrics, text_generation_stats
 from raft.registry import TaskSpec, register_task
+from raft.serving import GenerationOptions
 from raft.tasks.base import EvalContext, Task, load_tokenizer
 from raft.tasks.causal_lm import _text_problem
 
@@ -149,6 +150,41 @@ class Seq2Seq(Task):
             {"prompt": source, "output": output, "reference": str(row[spec.target_column])}
             for source, output, row in zip(sources, outputs, rows, strict=True)
         ]
+
+    # -- serving --------------------------------------------------------------------
+    serves = True
+    options_model = GenerationOptions
+
+    def request_input(self, item: Any, spec: Seq2SeqSpec, model_dir: str | None = None) -> str:
+        if not isinstance(item, str):
+            raise ValueError("give a text (this model takes one source text per input)")
+        if not item.strip():
+            raise ValueError("the text is blank; give a source text to generate from")
+        return item
+
+    @torch.no_grad()
+    def predict(
+        self, model: Any, model_dir: str, spec: Seq2SeqSpec, inputs: list[str], **options: Any
+    ) -> list[dict[str, str]]:
+        """Each source text (``source_prefix`` put before it, as in training) → the text
+        generated with the spec's ``generation`` settings, overridden by ``options``."""
+        tokenizer = load_tokenizer(model_dir)
+        encoded = tokenizer(
+            [spec.source_prefix + text for text in inputs],
+            truncation=True,
+            max_length=spec.max_source_length,
+            padding=True,
+            return_tensors="pt",
+        )
+        outputs = generate(
+            model,
+            tokenizer,
+            spec.generation.model_copy(update=options),
+            input_ids=encoded["input_ids"],
+            attention_mask=encoded["attention_mask"],
+            decoder_only=False,
+        )
+        return [{"generated_text": text} for text in outputs]
 
     def tiny_config(self, **overrides: Any) -> Any:
         from transformers import T5Config

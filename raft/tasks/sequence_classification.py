@@ -109,7 +109,7 @@ class SequenceClassification(Task):
     serves = True
     options_model = TopK
 
-    def request_input(self, item: Any, spec: SequenceClassificationSpec) -> Any:
+    def request_input(self, item: Any, spec: SequenceClassificationSpec, model_dir: str | None = None) -> Any:
         if spec.text_pair_column:
             if not (isinstance(item, list) and len(item) == 2 and all(isinstance(t, str) for t in item)):
                 raise ValueError("this model classifies text pairs; give [text, pair]")

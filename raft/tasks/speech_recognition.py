@@ -24,6 +24,7 @@ from pydantic import Field, PositiveFloat, PositiveInt
 from raft.generation import GenerationSpec, generate, generation_config
 from raft.labels import LabelMap
 from raft.registry import TaskSpec, register_task
+from raft.serving import GenerationOptions, decode_media
 from raft.sources import read_media
 from raft.tasks.base import EvalContext, Task, load_tokenizer
 from raft.tasks.causal_lm import _text_problem
@@ -226,6 +227,51 @@ class SpeechRecognition(Task):
             for output, row in zip(outputs, rows, strict=True)
         ]
 
+    # -- serving --------------------------------------------------------------------
+    serves = True
+    media_inputs = True
+    options_model = GenerationOptions
+
+    def request_input(
+        self, item: Any, spec: SpeechRecognitionSpec, model_dir: str | None = None
+    ) -> tuple[np.ndarray, int]:
+        """wav/flac bytes (base64 text or an upload) → (mono float32 samples, rate)."""
+        data = decode_media(item, "audio")
+        try:
+            samples, rate = read_audio(data)
+        except Exception as error:
+            raise ValueError(f"the audio does not decode: {_short(error)}") from None
+        if len(samples) == 0 or rate <= 0:
+            raise ValueError("the audio is empty (0 samples)")
+        longest = spec.max_audio_seconds or (window_seconds(model_dir) if model_dir else None)
+        problem = _too_long(len(samples) / rate, longest)
+        if problem:
+            raise ValueError(problem)
+        return samples, rate
+
+    @torch.no_grad()
+    def predict(
+        self,
+        model: Any,
+        model_dir: str,
+        spec: SpeechRecognitionSpec,
+        inputs: list[tuple[np.ndarray, int]],
+        **options: Any,
+    ) -> list[dict[str, str]]:
+        """Each clip (from ``request_input``) → its transcript, decoded as evaluation
+        decodes (``transcribe``) with the spec's ``generation`` settings overridden by
+        ``options``. ``request_input`` has refused clips longer than the model's window
+        (the feature extractor would cut them silently)."""
+        extractor = load_feature_extractor(model_dir)
+        target = extractor.sampling_rate
+        clips = [resample(samples, rate, target) for samples, rate in inputs]
+        features = extractor(clips, sampling_rate=target, return_tensors="pt")["input_features"]
+        settings = spec.generation.model_copy(update=options)
+        context = EvalContext(
+            model=model, spec=spec.model_copy(update={"generation": settings}), model_path=model_dir
+        )
+        return [{"text": text} for text in transcribe(context, features.to(model.dtype))]
+
     def tiny_config(self, **overrides: Any) -> Any:
         from transformers import WhisperConfig
 
@@ -405,6 +451,15 @@ def error_rates(stats: np.ndarray) -> dict[str, float]:
         "cer": char_edits / chars if chars else float(char_edits > 0),
         "exact_match": exact / rows if rows else 0.0,
     }
+
+
+def _too_long(seconds: float, longest: float | None) -> str | None:
+    if longest is not None and seconds > longest:
+        return (
+            f"the audio is {seconds:.1f} s, longer than {longest:g} s (the longest clip this "
+            "model takes); split the clip"
+        )
+    return None
 
 
 def _describe(value: Any) -> str:

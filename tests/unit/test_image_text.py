@@ -3,18 +3,29 @@ rows, tower freezing and the model checks."""
 
 from __future__ import annotations
 
+import base64
+import io
 import json
+import random
 
 import numpy as np
 import pytest
 import torch
 
+from raft.evaluate import load_exported
 from raft.labels import LabelMap
 from raft.spec import SpecError, validate
 from raft.tasks.base import EvalContext
 from raft.tasks.image_text import ImageText, ImageTextSpec, caption_ids, retrieval_metrics
 from raft.techniques.freeze import frozen_parameter_names
-from raft.testing import make_byte_tokenizer, make_tiny_clip_model, make_tiny_model, write_toy_captions
+from raft.testing import (
+    make_byte_tokenizer,
+    make_tiny_clip_model,
+    make_tiny_model,
+    toy_captioned_image,
+    write_toy_captions,
+)
+from tests.helpers import export_tiny
 
 TASK = ImageText()
 
@@ -157,3 +168,143 @@ def test_a_missing_caption_column_is_named_before_ray_starts(clip, tmp_path):
         resolve_sources(spec)
     fixed = spec.model_copy(update={"task": spec.task.model_copy(update={"text_column": "text"})})
     assert resolve_sources(fixed)[0].files == (str(data),)
+
+
+# -- serving ---------------------------------------------------------------------------------
+SERVED_CLASSES = ("blue vertical", "red horizontal")
+SERVED_TASK = {"type": "image_text", "max_length": 16, "class_prompt": "a photo of {} stripes"}
+
+
+@pytest.fixture(scope="module")
+def served_clip(clip, tmp_path_factory):
+    """The tiny CLIP exported after training with class names (a label column)."""
+    root = tmp_path_factory.mktemp("served-clip")
+    return str(export_tiny(clip, root, SERVED_TASK | {"label_column": "label"}, SERVED_CLASSES))
+
+
+def image_item(color: str, direction: str, seed: int = 0) -> dict:
+    buffer = io.BytesIO()
+    toy_captioned_image(color, direction, random.Random(seed)).save(buffer, format="PNG")
+    return {"image": base64.b64encode(buffer.getvalue()).decode()}
+
+
+def unit_features(features) -> torch.Tensor:
+    features = getattr(features, "pooler_output", features)
+    return features / features.norm(dim=-1, keepdim=True)
+
+
+def expected_probabilities(model, tokenizer, image: torch.Tensor, names: list[str]) -> torch.Tensor:
+    """Softmax over logit_scale × cosine of one unit image embedding and each class prompt."""
+    eos = tokenizer.eos_token_id
+    prompts = [tokenizer(f"a photo of {name} stripes")["input_ids"] + [eos] for name in names]
+    with torch.no_grad():
+        texts = torch.cat(
+            [unit_features(model.get_text_features(input_ids=torch.tensor([p]))) for p in prompts]
+        )
+        return (model.logit_scale.exp() * image @ texts.T).softmax(dim=-1)
+
+
+def test_serving_embeds_images_and_texts_as_the_towers_do(served_clip):
+    from PIL import Image
+    from transformers import AutoImageProcessor, AutoTokenizer
+
+    spec, model, _ = load_exported(served_clip)
+    items = [image_item("red", "horizontal"), {"text": "red lines"}, image_item("blue", "vertical", 1)]
+    decoded = [TASK.request_input(item, spec.task) for item in items]
+    assert [kind for kind, _ in decoded] == ["image", "text", "image"]
+    answers = TASK.predict(model, served_clip, spec.task, decoded)
+
+    processor = AutoImageProcessor.from_pretrained(served_clip)
+    tokenizer = AutoTokenizer.from_pretrained(served_clip)
+    files = [Image.open(io.BytesIO(base64.b64decode(items[i]["image"]))).convert("RGB") for i in (0, 2)]
+    with torch.no_grad():
+        images = unit_features(
+            model.get_image_features(
+                pixel_values=processor(images=files, return_tensors="pt")["pixel_values"]
+            )
+        )
+        ids = tokenizer("red lines")["input_ids"] + [tokenizer.eos_token_id]  # CLIP pools at EOS
+        text = unit_features(model.get_text_features(input_ids=torch.tensor([ids])))[0]
+    assert set(answers[1]) == {"embedding"}  # a text: its embedding only
+    assert np.allclose(answers[1]["embedding"], text.numpy(), atol=1e-5)
+    for answer, image in zip((answers[0], answers[2]), images, strict=True):
+        assert set(answer) == {"embedding", "label", "score", "top_k"}
+        assert len(answer["embedding"]) == 32 and np.allclose(answer["embedding"], image.numpy(), atol=1e-5)
+        # Zero-shot over the classes the model was trained with.
+        probabilities = expected_probabilities(model, tokenizer, image, list(SERVED_CLASSES))
+        assert answer["label"] == SERVED_CLASSES[int(probabilities.argmax())]
+        assert answer["score"] == pytest.approx(float(probabilities.max()), abs=1e-5)
+        assert answer["top_k"] == [{"label": answer["label"], "score": answer["score"]}]
+    assert not np.allclose(answers[0]["embedding"], answers[2]["embedding"])
+
+
+def test_candidate_labels_replace_the_trained_classes(served_clip, clip, tmp_path):
+    from transformers import AutoTokenizer
+
+    spec, model, _ = load_exported(served_clip)
+    decoded = [TASK.request_input(image_item("green", "vertical"), spec.task)]
+    options = TASK.request_options({"candidate_labels": ["green", "yellow", "red"], "top_k": 5}, spec.task)
+    assert options == {"candidate_labels": ["green", "yellow", "red"], "top_k": 5}
+    (answer,) = TASK.predict(model, served_clip, spec.task, decoded, **options)
+    ranked = answer["top_k"]
+    assert sorted(c["label"] for c in ranked) == ["green", "red", "yellow"]  # top_k stops at 3
+    assert [c["score"] for c in ranked] == sorted((c["score"] for c in ranked), reverse=True)
+    probabilities = expected_probabilities(
+        model,
+        AutoTokenizer.from_pretrained(served_clip),
+        torch.tensor(answer["embedding"]),
+        ["green", "yellow", "red"],
+    )
+    assert {c["label"]: c["score"] for c in ranked} == pytest.approx(
+        dict(zip(["green", "yellow", "red"], probabilities.tolist(), strict=True)), abs=1e-5
+    )
+    # A model trained on captions alone has no classes: an image gets its embedding only,
+    # unless the request names candidates.
+    captions_only = str(export_tiny(clip, tmp_path, SERVED_TASK))
+    spec, model, _ = load_exported(captions_only)
+    (plain,) = TASK.predict(model, captions_only, spec.task, decoded)
+    assert set(plain) == {"embedding"}
+    (named,) = TASK.predict(
+        model, captions_only, spec.task, decoded, candidate_labels=["red", "blue"], top_k=2
+    )
+    assert [c["label"] for c in named["top_k"]] in (["red", "blue"], ["blue", "red"])
+
+
+def test_bad_inputs_and_parameters_are_the_clients_errors(served_clip):
+    from raft.serving import input_problems
+
+    spec = ImageTextSpec()
+    assert TASK.serves and not TASK.media_inputs  # the image travels inside an object
+    good = image_item("red", "horizontal")
+    items = [
+        good,
+        good | {"text": "red lines"},
+        {},
+        "red lines",
+        {"text": 3},
+        {"image": "not base64!"},
+        {"image": base64.b64encode(b"not a png").decode()},
+        {"caption": "red lines"},
+    ]
+    decoded, problems = input_problems(TASK, spec, items)
+    assert len(decoded) == 1
+    shape = 'give {"image": <base64 image>} or {"text": "..."} (exactly one of the two)'
+    assert problems == [
+        f"inputs[1]: {shape}; got the keys ['image', 'text']",
+        f"inputs[2]: {shape}; got the keys []",
+        f"inputs[3]: {shape}",
+        'inputs[4]: "text" must be a string, got int',
+        "inputs[5]: give the image as base64 text (or a data: URL); this is not base64",
+        "inputs[6]: the image does not decode: cannot identify image file",
+        f"inputs[7]: {shape}; got the keys ['caption']",
+    ]
+    assert TASK.request_options({}, spec) == {"top_k": 1}
+    for parameters, message in (
+        ({"labels": ["red"]}, r"parameters\.labels: Extra inputs are not permitted"),
+        ({"candidate_labels": []}, r"parameters\.candidate_labels: List should have at least 1 item"),
+        ({"candidate_labels": ["red", "red"]}, r"parameters\.candidate_labels: .*repeat: \['red'\]"),
+        ({"candidate_labels": ["red", " "]}, r"parameters\.candidate_labels: .*blank"),
+        ({"top_k": 0}, r"parameters\.top_k: Input should be greater than 0"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            TASK.request_options(parameters, spec)

@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from raft.evaluate import load_exported
 from raft.metrics import text_generation_metrics, text_generation_stats
 from raft.tasks.seq2seq import IGNORE, Seq2Seq, Seq2SeqSpec, decode_labels, trim_seq2seq
 from raft.testing import make_tiny_generative_model
+from tests.helpers import export_tiny
 
 TASK = Seq2Seq()
 
@@ -83,3 +85,76 @@ def test_seq2seq_refuses_a_decoder_only_model(tmp_path):
     path = make_tiny_generative_model(tmp_path / "llama", "causal_lm")
     with pytest.raises(ValueError, match="needs an encoder-decoder model"):
         TASK.check_model(Seq2SeqSpec(), str(path))
+
+
+# -- serving ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def served_t5(model_dir, tmp_path_factory):
+    """The tiny T5 exported with a source prefix, a short source limit and 6 new tokens. Its
+    pad embedding is zeroed first: untrained, it would otherwise only repeat the pad token
+    it starts decoding from (and every answer would be empty)."""
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    root = tmp_path_factory.mktemp("served-t5")
+    model = AutoModelForSeq2SeqLM.from_pretrained(model_dir)
+    with torch.no_grad():
+        model.shared.weight[0].zero_()
+    model.save_pretrained(root / "base")
+    AutoTokenizer.from_pretrained(model_dir).save_pretrained(root / "base")
+    task = {
+        "type": "seq2seq",
+        "source_prefix": "translate: ",
+        "max_source_length": 8,
+        "generation": {"max_new_tokens": 6},
+    }
+    return str(export_tiny(root / "base", root, task))
+
+
+def _generated(model, tokenizer, source: str, max_source_length: int, **settings) -> str:
+    ids = tokenizer(source)["input_ids"][:max_source_length]
+    output = model.generate(input_ids=torch.tensor([ids]), do_sample=False, num_beams=1, **settings)
+    return tokenizer.decode(output[0], skip_special_tokens=True).strip()
+
+
+def test_serving_generates_from_the_prefixed_source_as_model_generate_does(served_t5):
+    from transformers import AutoTokenizer
+
+    spec, model, _ = load_exported(served_t5)
+    tokenizer = AutoTokenizer.from_pretrained(served_t5)
+    texts = ["good movie", "the story was sad " * 4, "le"]  # the second is cut at 8 tokens
+    answers = TASK.predict(model, served_t5, spec.task, texts)
+    expected = [_generated(model, tokenizer, "translate: " + t, 8, max_new_tokens=6) for t in texts]
+    assert answers == [{"generated_text": text} for text in expected]
+    assert all(expected) and len(set(expected)) > 1  # real, input-dependent generations
+    # Without the prefix the model would have been asked something else.
+    assert expected != [_generated(model, tokenizer, t, 8, max_new_tokens=6) for t in texts]
+
+
+def test_request_parameters_override_the_exports_generation_settings(served_t5):
+    spec, model, _ = load_exported(served_t5)
+    texts = ["good movie", "the story was sad"]
+    default = TASK.predict(model, served_t5, spec.task, texts)
+    options = TASK.request_options({"max_new_tokens": 1}, spec.task)
+    assert options == {"max_new_tokens": 1}
+    short = TASK.predict(model, served_t5, spec.task, texts, **options)
+    for one, full in zip(short, default, strict=True):
+        assert one["generated_text"] and full["generated_text"].startswith(one["generated_text"])
+        assert len(one["generated_text"]) < len(full["generated_text"])
+    with pytest.raises(ValueError, match=r"parameters\.top_k: Extra inputs are not permitted"):
+        TASK.request_options({"top_k": 2}, spec.task)
+    with pytest.raises(ValueError, match=r"parameters\.max_new_tokens: Input should be greater than 0"):
+        TASK.request_options({"max_new_tokens": 0}, spec.task)
+
+
+def test_a_source_must_be_a_non_blank_text():
+    from raft.serving import input_problems
+
+    spec = Seq2SeqSpec(source_prefix="translate: ")
+    assert TASK.serves and not TASK.media_inputs
+    assert TASK.request_input("good movie", spec) == "good movie"
+    decoded, problems = input_problems(TASK, spec, ["good movie", ["a", "b"], "  "])
+    assert decoded == ["good movie"]
+    assert problems == [
+        "inputs[1]: give a text (this model takes one source text per input)",
+        "inputs[2]: the text is blank; give a source text to generate from",
+    ]

@@ -3,6 +3,7 @@ bad clips, WER/CER, and the model checks."""
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import random
@@ -13,6 +14,7 @@ import pytest
 import soundfile
 import torch
 
+from raft.evaluate import load_exported
 from raft.spec import SpecError, validate
 from raft.tasks.base import EvalContext
 from raft.tasks.speech_recognition import (
@@ -31,6 +33,7 @@ from raft.testing import (
     toy_clip,
     write_toy_speech,
 )
+from tests.helpers import export_tiny
 
 TASK = SpeechRecognition()
 
@@ -213,3 +216,76 @@ def test_spec_refuses_virtual_tokens_and_checks_freeze_parts(whisper):
     frozen = frozen_parameter_names(model, spec.technique, TASK)
     encoder = {n for n, _ in model.named_parameters() if ".encoder." in f".{n}"}
     assert frozen == encoder and encoder
+
+
+# -- serving ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def served_whisper(whisper, tmp_path_factory):
+    root = tmp_path_factory.mktemp("served-whisper")
+    task = {"type": "speech_recognition", "generation": {"max_new_tokens": 6}}
+    return str(export_tiny(whisper, root, task))
+
+
+def test_serving_transcribes_as_model_generate_does(served_whisper):
+    from transformers import AutoFeatureExtractor, AutoTokenizer
+
+    slow = encoded(toy_clip(["low", "mid"], 8000), 8000)  # resampled to 16 kHz
+    flac = encoded(toy_clip(["top"], 16000, random.Random(1)), 16000, "FLAC")
+    items = [base64.b64encode(slow).decode(), flac]  # base64 text, and the bytes of an upload
+    spec, model, _ = load_exported(served_whisper)
+    decoded = [TASK.request_input(item, spec.task) for item in items]
+    assert [rate for _, rate in decoded] == [8000, 16000]
+    answers = TASK.predict(model, served_whisper, spec.task, decoded)
+
+    clips = [resample(*soundfile.read(io.BytesIO(data), dtype="float32"), 16000) for data in (slow, flac)]
+    features = AutoFeatureExtractor.from_pretrained(served_whisper)(
+        clips, sampling_rate=16000, return_tensors="pt"
+    )["input_features"]
+    tokenizer = AutoTokenizer.from_pretrained(served_whisper)
+    with torch.no_grad():
+        output = model.generate(input_features=features, max_new_tokens=6, do_sample=False, num_beams=1)
+    expected = [text.strip() for text in tokenizer.batch_decode(output, skip_special_tokens=True)]
+    assert answers == [{"text": text} for text in expected]
+    assert all(expected)
+
+    options = TASK.request_options({"max_new_tokens": 1}, spec.task)
+    short = TASK.predict(model, served_whisper, spec.task, decoded, **options)
+    for one, full in zip(short, answers, strict=True):
+        assert one["text"] and full["text"].startswith(one["text"]) and len(one["text"]) < len(full["text"])
+    with pytest.raises(ValueError, match=r"parameters\.language: Extra inputs are not permitted"):
+        TASK.request_options({"language": "en"}, spec.task)
+
+
+def test_bad_audio_is_the_clients_error(served_whisper):
+    from raft.serving import input_problems
+
+    spec, model, _ = load_exported(served_whisper)
+    assert TASK.serves and TASK.media_inputs
+    good = encoded(toy_clip(["low"]), 16000)
+    two_seconds = encoded(np.zeros(32000, dtype=np.float32), 16000)
+    items = [
+        good,
+        "not base64!",
+        base64.b64encode(b"RIFF....WAVEfmt nothing").decode(),
+        base64.b64encode(encoded(np.zeros(0, dtype=np.float32), 16000)).decode(),
+        ["a", "list"],
+    ]
+    decoded, problems = input_problems(TASK, spec.task, items)
+    assert len(decoded) == 1
+    assert problems[0] == "inputs[1]: give the audio as base64 text (or a data: URL); this is not base64"
+    assert problems[1].startswith("inputs[2]: the audio does not decode: ")
+    assert problems[2:] == [
+        "inputs[3]: the audio is empty (0 samples)",
+        "inputs[4]: give the audio as base64 text (or upload it as a file)",
+    ]
+    # A clip longer than task.max_audio_seconds, or than the model's window (1 s here, read
+    # from the served export), is refused with its request, before any batch runs.
+    short_limit = spec.task.model_copy(update={"max_audio_seconds": 1.5})
+    with pytest.raises(ValueError, match=r"the audio is 2\.0 s, longer than 1\.5 s"):
+        TASK.request_input(two_seconds, short_limit)
+    with pytest.raises(ValueError, match=r"the audio is 2\.0 s, longer than 1 s"):
+        TASK.request_input(two_seconds, spec.task, str(served_whisper))
+    _, problems = input_problems(TASK, spec.task, [two_seconds], str(served_whisper))
+    assert problems == [
+        "inputs[0]: the audio is 2.0 s, longer than 1 s (the longest clip this model takes); split the clip"
+    ]
