@@ -26,8 +26,9 @@ one with the ``serve_multiplexed_model_id`` header (which Serve also routes by) 
 OpenAI ``model`` of ``<name>:<adapter>``.
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations`` here: Serve pickles the deployment class by
+# value, and FastAPI resolves a route's string annotations against the globals the pickled
+# function carries, which hold only names its body uses (UploadFile would be missing).
 import asyncio
 import json
 import threading
@@ -90,6 +91,9 @@ class Predictor:
         if torch.cuda.is_available():  # the replica holds a GPU (serve.num_gpus)
             self.model.to("cuda")
         self.task = registry.get_task(self.spec.task.type)
+        from peft import PeftModel
+
+        self.is_adapter = isinstance(self.model, PeftModel)  # an adapter export over its base
         # The run's name (runs/<name>/model), as /v1/models lists it.
         self.name = self.spec.output.name or Path(model_dir).resolve().parent.name
         self.adapters_dir = settings.adapters_dir
@@ -127,7 +131,7 @@ class Predictor:
 
     def _activate(self, adapter: serving.LoadedAdapter | None) -> None:
         """Switch the peft model to ``adapter`` (None: the export's own). Holds the lock."""
-        if not hasattr(self.model, "set_adapter"):
+        if not self.is_adapter:
             return
         name = "default" if adapter is None else adapter.name
         if name not in self.model.peft_config:  # evicted by another request since it was picked
@@ -335,7 +339,7 @@ class Predictor:
     async def stats(self) -> dict[str, Any]:
         """Model calls by batch size since this replica started, and the adapters loaded."""
         loaded = []
-        if hasattr(self.model, "peft_config"):
+        if self.is_adapter:
             loaded = sorted(name for name in self.model.peft_config if name != "default")
         return {
             "batches": {str(size): count for size, count in sorted(self.batch_sizes.items())},
