@@ -415,7 +415,8 @@ def start(
             "host": section.host,
             "port": section.port,
             "request_timeout_s": section.request_timeout_s,
-        }
+        },
+        logging_config=serving.logging_config(section),
     )
     app = build_app({"model_dir": str(model_dir), "serve": section.model_dump(mode="json")})
     serve.run(app, name=name, route_prefix=section.route_prefix)

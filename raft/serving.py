@@ -93,6 +93,9 @@ class ServeSection(SectionModel):
         description="Folder of LoRA adapter exports over the served model's base, picked per request by "
         "id: <id>/model (a raft run) or <id> (an adapter folder). The served model must be an adapter export.",
     )
+    access_log: bool = Field(
+        True, description="A log line per request from the proxy and the replica (off: less work per request)."
+    )
     host: str = Field(
         "127.0.0.1", description="Address the HTTP proxy listens on (0.0.0.0: every interface)."
     )
@@ -190,12 +193,18 @@ def deployment_options(section: ServeSection) -> dict[str, Any]:
         "max_ongoing_requests": section.max_ongoing_requests,
         "max_queued_requests": section.max_queued_requests,
         "ray_actor_options": {"num_cpus": section.num_cpus, "num_gpus": section.num_gpus},
+        "logging_config": logging_config(section),
     }
     if section.autoscaling is not None:
         options["autoscaling_config"] = section.autoscaling.model_dump()
     else:
         options["num_replicas"] = section.num_replicas or 1
     return options
+
+
+def logging_config(section: ServeSection) -> dict[str, Any]:
+    """Serve's logging config of the deployment and the proxy."""
+    return {"enable_access_log": section.access_log}
 
 
 def initial_replicas(section: ServeSection) -> int:
@@ -209,6 +218,7 @@ def serve_config(section: ServeSection, model_dir: str, name: str = APP_NAME) ->
     deployment = {"name": DEPLOYMENT_NAME, **deployment_options(section)}
     return {
         "proxy_location": "EveryNode",
+        "logging_config": logging_config(section),
         "http_options": {
             "host": section.host,
             "port": section.port,

@@ -64,7 +64,10 @@ def containers(cluster_spec: dict) -> list[dict]:
     return [c for group in groups for c in group["template"]["spec"]["containers"]]
 
 
-@pytest.mark.parametrize(("name", "kind"), [("raycluster.yaml", "RayCluster"), ("rayjob.yaml", "RayJob")])
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [("raycluster.yaml", "RayCluster"), ("rayjob.yaml", "RayJob"), ("rayservice.yaml", "RayService")],
+)
 def test_kuberay_manifests_have_their_kind(name, kind):
     manifest = kuberay(name)
     assert manifest["apiVersion"] == "ray.io/v1" and manifest["kind"] == kind and manifest["metadata"]["name"]
@@ -100,6 +103,73 @@ def test_rayjob_runs_a_shipped_spec_that_validates():
     workers = sum(g["replicas"] for g in job["rayClusterSpec"]["workerGroupSpecs"])
     assert spec.scaling.use_gpu and workers >= spec.scaling.num_workers
     assert yaml.safe_load(job["runtimeEnvYAML"])["working_dir"] == "/home/ray/raft"
+
+
+def test_rayservice_serves_what_raft_serve_build_writes():
+    from ray.serve.schema import ServeDeploySchema  # Ray's own schema (no cluster)
+
+    from raft import serving
+
+    config = yaml.safe_load(kuberay("rayservice.yaml")["spec"]["serveConfigV2"])
+    parsed = ServeDeploySchema.model_validate(config)
+    (app,) = config["applications"]
+    assert app["import_path"] == serving.IMPORT_PATH == "raft.serve:build_app"
+    section = serving.ServeSection.model_validate(app["args"]["serve"])  # what build_app reads
+    # The whole config follows from that serve block, as `raft serve --build` writes it.
+    expected = serving.serve_config(section, app["args"]["model_dir"], app["name"])
+    expected["applications"][0]["args"]["serve"] = app["args"]["serve"]
+    assert config == expected
+    # KubeRay's serve Service and health checks reach each pod's Serve proxy over the pod
+    # network on 8000; a proxy on 127.0.0.1 would never become ready.
+    assert (parsed.http_options.host, parsed.http_options.port) == ("0.0.0.0", 8000)
+    assert (section.host, section.port) == ("0.0.0.0", 8000)
+
+
+def test_rayservice_cluster_matches_the_raycluster_and_holds_the_replicas():
+    service = kuberay("rayservice.yaml")["spec"]
+    cluster_spec, reference = service["rayClusterConfig"], kuberay("raycluster.yaml")["spec"]
+    assert cluster_spec["rayVersion"] == reference["rayVersion"] == version("ray")
+    assert cluster_spec["headGroupSpec"]["serviceType"] == "ClusterIP"  # never a public LoadBalancer
+    assert cluster_spec["headGroupSpec"]["rayStartParams"]["num-gpus"] == "0"
+    # Token auth managed by KubeRay (it must send the token to deploy serveConfigV2), so no
+    # hand-set RAY_AUTH_* variables that would disagree with its Secret.
+    assert cluster_spec["authOptions"]["mode"] == "token"
+    for container in containers(cluster_spec):
+        assert not [e for e in container.get("env", []) if e["name"].startswith("RAY_AUTH")]
+
+    images = {c["image"] for c in containers(cluster_spec)}
+    assert images == {c["image"] for c in containers(reference)} and len(images) == 1
+
+    def head(spec: dict) -> dict:
+        return spec["headGroupSpec"]["template"]["spec"]
+
+    def gpu_group(spec: dict) -> dict:
+        return next(g for g in spec["workerGroupSpecs"] if g["groupName"] == "gpu")
+
+    assert head(cluster_spec)["containers"][0]["resources"] == head(reference)["containers"][0]["resources"]
+    workers = gpu_group(cluster_spec)
+    worker = workers["template"]["spec"]["containers"][0]
+    assert worker["resources"] == gpu_group(reference)["template"]["spec"]["containers"][0]["resources"]
+
+    def volumes(spec: dict) -> set[tuple[str, str]]:
+        groups = [head(spec), *(g["template"]["spec"] for g in spec["workerGroupSpecs"])]
+        claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for g in groups for v in g["volumes"]}
+        return {(claims[m["name"]], m["mountPath"]) for c in containers(spec) for m in c["volumeMounts"]}
+
+    assert volumes(cluster_spec) == volumes(reference) == {("raft-shared-runs", "/mnt/shared")}
+
+    # The model is on that volume, where rayjob.yaml's run exports it.
+    (app,) = yaml.safe_load(service["serveConfigV2"])["applications"]
+    assert app["args"]["model_dir"].startswith("/mnt/shared/runs/")
+    # The GPU group can grow to hold every replica autoscaling may ask for.
+    section = app["args"]["serve"]
+    most = section["autoscaling"]["max_replicas"] if section["autoscaling"] else section["num_replicas"]
+    limits = worker["resources"]["limits"]
+    per_pod = int(float(limits["cpu"]) // section["num_cpus"])
+    if section["num_gpus"]:
+        per_pod = min(per_pod, int(float(limits["nvidia.com/gpu"]) // section["num_gpus"]))
+    assert per_pod >= 1 and workers["maxReplicas"] * per_pod >= most
+    assert cluster_spec["enableInTreeAutoscaling"] is True
 
 
 def test_docker_image_uses_the_ray_raft_pins():

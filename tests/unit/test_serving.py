@@ -28,6 +28,7 @@ def test_defaults_give_one_replica_with_batching():
         "max_ongoing_requests": 32,
         "max_queued_requests": 64,
         "ray_actor_options": {"num_cpus": 1.0, "num_gpus": 0.0},
+        "logging_config": {"enable_access_log": True},
         "num_replicas": 1,
     }
     assert spec.serve.batching.max_batch_size == 16
