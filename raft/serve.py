@@ -119,15 +119,22 @@ class Predictor:
         for indices in groups.values():
             adapter, _, options = requests[indices[0]]
             inputs = [requests[i][1] for i in indices]
-            results = await asyncio.to_thread(self._predict, adapter, inputs, json.loads(options))
+            # The model runs on the event loop, as Serve's batching expects: requests that
+            # arrive meanwhile wait in the replica and make up the next batch. Run in a
+            # thread instead (asyncio.to_thread), batches stayed small: mean batch 1.2-1.3
+            # with 32 clients in benchmarks/serve_batching.py here, against 6.4 this way.
+            # The lock is awaited, not blocked on: a stream holds it from the loop.
+            await asyncio.to_thread(self.model_lock.acquire)
+            try:
+                self._activate(adapter)
+                results = self.task.predict(
+                    self.model, self.model_dir, self.spec.task, inputs, **json.loads(options)
+                )
+            finally:
+                self.model_lock.release()
             for i, result in zip(indices, results, strict=True):
                 answers[i] = result
         return answers
-
-    def _predict(self, adapter: serving.LoadedAdapter | None, inputs: list[Any], options: dict) -> list[Any]:
-        with self.model_lock:
-            self._activate(adapter)
-            return self.task.predict(self.model, self.model_dir, self.spec.task, inputs, **options)
 
     def _activate(self, adapter: serving.LoadedAdapter | None) -> None:
         """Switch the peft model to ``adapter`` (None: the export's own). Holds the lock."""
