@@ -307,11 +307,13 @@ class Predictor:
         tokenizer = causal_lm.load_tokenizer(self.model_dir)
         prompt = self.task.prompt_ids(tokenizer, item, self.spec.task)
 
+        cancel = threading.Event()  # set when the client goes away: generation stops
+
         async def events() -> Any:
             await asyncio.to_thread(self.model_lock.acquire)
             try:
                 self._activate(adapter)
-                pieces = causal_lm.stream_completion(self.model, tokenizer, prompt, settings, stop)
+                pieces = causal_lm.stream_completion(self.model, tokenizer, prompt, settings, stop, cancel)
                 if chat:
                     yield serving.stream_chunk(rid, model, created, True, "", None)
                 while (piece := await asyncio.to_thread(next, pieces, None)) is not None:
@@ -321,6 +323,7 @@ class Predictor:
                         yield serving.stream_chunk(rid, model, created, chat, piece, None)
                 yield serving.STREAM_END
             finally:
+                cancel.set()
                 self.model_lock.release()
 
         return StreamingResponse(events(), media_type="text/event-stream")

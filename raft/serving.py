@@ -94,7 +94,8 @@ class ServeSection(SectionModel):
         "id: <id>/model (a raft run) or <id> (an adapter folder). The served model must be an adapter export.",
     )
     access_log: bool = Field(
-        True, description="A log line per request from the proxy and the replica (off: less work per request)."
+        True,
+        description="A log line per request from the proxy and the replica (off: less work per request).",
     )
     host: str = Field(
         "127.0.0.1", description="Address the HTTP proxy listens on (0.0.0.0: every interface)."

@@ -476,12 +476,18 @@ def complete(
 
 
 def stream_completion(
-    model: Any, tokenizer: Any, prompt: list[int], settings: GenerationSpec, stop: list[str]
+    model: Any,
+    tokenizer: Any,
+    prompt: list[int],
+    settings: GenerationSpec,
+    stop: list[str],
+    cancel: Any = None,
 ) -> Any:
     """Generate a continuation of one prompt, yielding text pieces as tokens arrive, then a
     last item {finish_reason, prompt_tokens, completion_tokens}. ``model.generate`` runs in
     a thread and hands each new token over through a streamer; it stops early once a stop
-    string is seen or the consumer goes away (the generator is closed)."""
+    string is seen, the consumer goes away (the generator is closed), or ``cancel`` (a
+    ``threading.Event``) is set from another thread."""
     import queue
     import threading
 
@@ -489,7 +495,7 @@ def stream_completion(
     from transformers.generation.streamers import BaseStreamer
 
     tokens: queue.Queue = queue.Queue()
-    cancel = threading.Event()
+    cancel = cancel if cancel is not None else threading.Event()
 
     class _Cancelled(StoppingCriteria):
         def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:

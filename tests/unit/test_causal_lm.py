@@ -311,3 +311,20 @@ def test_generation_options_are_checked_by_name():
         TASK.request_options({"top_k": 3}, spec)
     with pytest.raises(ValueError, match="parameters.temperature"):
         TASK.request_options({"temperature": -1}, spec)
+
+
+def test_a_cancelled_stream_stops_generating(lm, model_dir, tokenizer):
+    import threading
+
+    from raft.tasks.causal_lm import stream_completion
+
+    spec = CausalLmSpec(generation={"max_new_tokens": 200})
+    prompt = tokenizer("the movie")["input_ids"]
+    (whole,) = TASK.predict(lm, model_dir, spec, ["the movie"])
+    assert whole["completion_tokens"] == 200, whole  # no EOS: an uncancelled stream runs to the end
+    cancel = threading.Event()
+    pieces = stream_completion(lm, tokenizer, prompt, spec.generation, [], cancel)
+    next(pieces)
+    cancel.set()  # what raft serve does when the client goes away
+    *_, last = pieces
+    assert last["completion_tokens"] < 100, last
