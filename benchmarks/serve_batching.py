@@ -150,14 +150,19 @@ def post(client, url: str, text: str) -> int:
     import httpx
 
     try:
-        response = client.post(f"{url}/predict", json={"inputs": [text]})
-    except httpx.HTTPError as error:  # counted as an error (status 0), the client goes on
-        if not FAILURES:
-            FAILURES.append(f"{type(error).__name__}: {error}")
-        return 0
-    if response.status_code != 200 and not FAILURES:
-        FAILURES.append(f"{response.status_code} {response.text[:300]}")
-    return response.status_code
+        return status_of(client.post(f"{url}/predict", json={"inputs": [text]}))
+    except httpx.HTTPError as error:
+        return status_of(error)
+
+
+def status_of(answer) -> int:
+    """The answer's status (0 for a transport error: counted as an error, the client goes
+    on); the first failure is kept to show."""
+    status = getattr(answer, "status_code", 0)
+    if status != 200 and not FAILURES:
+        detail = answer.text[:300] if status else f"{type(answer).__name__}: {answer}"
+        FAILURES.append(f"{status} {detail}")
+    return status
 
 
 def sequential_ms(model_dir: Path, url: str, text: str, calls: int, warmup: int) -> dict[str, list[float]]:
@@ -261,14 +266,9 @@ async def apost(client, url: str, text: str) -> int:
     import httpx
 
     try:
-        response = await client.post(f"{url}/predict", json={"inputs": [text]})
-    except httpx.HTTPError as error:  # counted as an error (status 0), the client goes on
-        if not FAILURES:
-            FAILURES.append(f"{type(error).__name__}: {error}")
-        return 0
-    if response.status_code != 200 and not FAILURES:
-        FAILURES.append(f"{response.status_code} {response.text[:300]}")
-    return response.status_code
+        return status_of(await client.post(f"{url}/predict", json={"inputs": [text]}))
+    except httpx.HTTPError as error:
+        return status_of(error)
 
 
 def requests_texts(sentences_per_request: int) -> list[str]:

@@ -260,6 +260,17 @@ class Task(ABC):
         """A few-thousand-parameter config of this family's reference architecture."""
 
 
+def ranked_classes(probabilities: torch.Tensor, names: dict[int, str], top_k: int) -> list[dict[str, Any]]:
+    """Per row of (N, classes) probabilities: {"label", "score", "top_k": [{"label",
+    "score"}, ...]}, the top_k classes best first (at most every class)."""
+    answers = []
+    for row in probabilities:
+        scores, ids = row.topk(min(top_k, row.numel()))
+        ranked = [{"label": names[int(i)], "score": float(p)} for p, i in zip(scores, ids, strict=True)]
+        answers.append({"label": ranked[0]["label"], "score": ranked[0]["score"], "top_k": ranked})
+    return answers
+
+
 @functools.lru_cache(maxsize=4)
 def load_tokenizer(model_path: str, trust_remote_code: bool = False) -> Any:
     """Tokenizer from a local model folder, cached per process (Ray Data reuses workers)."""

@@ -24,7 +24,7 @@ from raft.labels import LabelMap
 from raft.metrics import classification_metrics, confusion_matrix
 from raft.registry import TaskSpec, register_task
 from raft.serving import TopK, decode_media
-from raft.tasks.base import EvalContext, Task
+from raft.tasks.base import EvalContext, Task, ranked_classes
 
 PROMPT_REASON = (
     "peft's {kind} works on token sequences of language models; a vision encoder has no "
@@ -228,17 +228,6 @@ def request_image(data: bytes) -> Any:
         # (without the name Pillow gives the in-memory file)
         reason = re.sub(r" <_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", _short(error))
         raise ValueError(f"the image does not decode: {reason}") from None
-
-
-def ranked_classes(probabilities: torch.Tensor, names: dict[int, str], top_k: int) -> list[dict[str, Any]]:
-    """Per row of (N, classes) probabilities: {"label", "score", "top_k": [{"label",
-    "score"}, ...]}, the top_k classes best first (at most every class)."""
-    answers = []
-    for row in probabilities:
-        scores, ids = row.topk(min(top_k, row.numel()))
-        ranked = [{"label": names[int(i)], "score": float(p)} for p, i in zip(scores, ids, strict=True)]
-        answers.append({"label": ranked[0]["label"], "score": ranked[0]["score"], "top_k": ranked})
-    return answers
 
 
 def augment_pixels(pixels: np.ndarray, flip: bool, crop: float | None, rng: Any = None) -> np.ndarray:

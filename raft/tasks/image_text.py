@@ -25,15 +25,9 @@ from pydantic import Field, PositiveInt, field_validator
 from raft.labels import LabelMap
 from raft.registry import SectionModel, TaskSpec, register_task
 from raft.serving import decode_media
-from raft.tasks.base import EvalContext, Task, load_tokenizer
+from raft.tasks.base import EvalContext, Task, load_tokenizer, ranked_classes
 from raft.tasks.causal_lm import _text_problem
-from raft.tasks.image_classification import (
-    _short,
-    load_image_processor,
-    open_image,
-    ranked_classes,
-    request_image,
-)
+from raft.tasks.image_classification import _short, load_image_processor, open_image, request_image
 
 PROMPT_REASON = (
     "peft's {kind} needs a task type with token embeddings to prepend to; an image-text "

@@ -16,7 +16,7 @@ from raft.labels import LabelMap
 from raft.metrics import classification_metrics, confusion_matrix
 from raft.registry import TaskSpec, register_task
 from raft.serving import TopK
-from raft.tasks.base import Task, load_tokenizer
+from raft.tasks.base import Task, load_tokenizer, ranked_classes
 
 
 class SequenceClassificationSpec(TaskSpec):
@@ -129,13 +129,7 @@ class SequenceClassification(Task):
             texts, pairs, truncation=True, max_length=spec.max_length, padding=True, return_tensors="pt"
         )
         probabilities = model(**encoded.to(model.device)).logits.float().softmax(dim=-1).cpu()
-        names = model.config.id2label
-        answers = []
-        for row in probabilities:
-            scores, ids = row.topk(min(top_k, row.numel()))
-            ranked = [{"label": names[int(i)], "score": float(p)} for p, i in zip(scores, ids, strict=True)]
-            answers.append({"label": ranked[0]["label"], "score": ranked[0]["score"], "top_k": ranked})
-        return answers
+        return ranked_classes(probabilities, model.config.id2label, top_k)
 
     def tiny_config(self, **overrides: Any) -> Any:
         from transformers import BertConfig
