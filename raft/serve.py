@@ -76,9 +76,6 @@ async def _invalid_body(request: Request, error: RequestValidationError) -> JSON
     return JSONResponse({"detail": jsonable_encoder(error.errors())}, status_code=422)
 
 
-ADAPTER_HEADER = "serve_multiplexed_model_id"
-
-
 @serve.deployment(name=serving.DEPLOYMENT_NAME)
 @serve.ingress(api)
 class Predictor:
@@ -102,6 +99,7 @@ class Predictor:
         # holds this, and loading or unloading an adapter waits for it.
         self.model_lock = threading.Lock()
         self._adapter_names = 0
+        self._checked: dict[str, tuple[Any, str | None]] = {}  # adapter id → (spec file stamp, problem)
         self.batch_sizes: Counter[int] = Counter()  # how many requests each model call took
         self._batched.set_max_batch_size(settings.batching.max_batch_size)
         self._batched.set_batch_wait_timeout_s(settings.batching.batch_wait_timeout_s)
@@ -110,7 +108,7 @@ class Predictor:
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
     async def _batched(self, requests: list[tuple[Any, Any, str]]) -> list[Any]:
         """Requests that arrived together (adapter, input, options as JSON): one model call
-        per adapter and options among them, off the event loop."""
+        per adapter and options among them."""
         self.batch_sizes[len(requests)] += 1
         groups: dict[tuple[Any, str], list[int]] = {}
         for index, (adapter, _, options) in enumerate(requests):
@@ -199,6 +197,17 @@ class Predictor:
         return await self._load_adapter(adapter_id)
 
     def _mismatch(self, adapter_id: str, path: Path) -> str | None:
+        """Why the adapter at ``path`` cannot run here (None: it can), remembered per
+        adapter until its spec file changes (this runs for every request that names one)."""
+        from raft.export import SPEC_FILE
+
+        stamp = (path, (path / SPEC_FILE).stat().st_mtime_ns if (path / SPEC_FILE).is_file() else None)
+        known = self._checked.get(adapter_id)
+        if known is None or known[0] != stamp:
+            self._checked[adapter_id] = (stamp, self._check_adapter(adapter_id, path))
+        return self._checked[adapter_id][1]
+
+    def _check_adapter(self, adapter_id: str, path: Path) -> str | None:
         from raft.export import SPEC_FILE
         from raft.labels import LABELS_FILE, LabelMap
         from raft.spec import load_spec
@@ -304,6 +313,12 @@ class Predictor:
         created = int(time.time())
         stop = options.pop("stop", None) or []
         settings = self.spec.task.generation.model_copy(update=options)
+        if settings.num_beams > 1:  # transformers' streamers cannot follow beam search
+            raise HTTPException(
+                status_code=422,
+                detail=f"this model decodes with beam search (num_beams {settings.num_beams}), "
+                "which cannot stream; send stream: false",
+            )
         tokenizer = causal_lm.load_tokenizer(self.model_dir)
         prompt = self.task.prompt_ids(tokenizer, item, self.spec.task)
 
@@ -341,8 +356,11 @@ class Predictor:
     @api.get("/v1/models")
     async def models(self) -> dict[str, Any]:
         ids = [self.name]
-        if self.adapters_dir:
-            ids += [f"{self.name}:{a}" for a in serving.available_adapters(self.adapters_dir)]
+        if self.adapters_dir:  # the adapters that can run over this base
+            for adapter in serving.available_adapters(self.adapters_dir):
+                path = serving.adapter_path(self.adapters_dir, adapter)
+                if path is not None and self._mismatch(adapter, path) is None:
+                    ids.append(f"{self.name}:{adapter}")
         return {"object": "list", "data": [{"id": i, "object": "model", "owned_by": "raft"} for i in ids]}
 
     @api.get("/stats")

@@ -59,6 +59,8 @@ def runs(tmp_path_factory):
     adapters = root / "runs"
     for seed, name in enumerate(("chat", "alpha", "beta")):
         _lora_export(base, adapters, name, seed)
+    other = make_tiny_generative_model(root / "other-llama", "causal_lm")
+    _lora_export(other, adapters, "stranger", 3)  # over another base model
     return adapters
 
 
@@ -132,12 +134,16 @@ def test_two_adapters_on_one_base_answer_differently_and_each_like_its_own_expor
     assert by_header["model"] == "chat:beta"
     assert by_header["predictions"][0]["generated_text"] == answers["beta"]
     listed = [m.id for m in client.models.list()]
-    assert listed == ["chat", "chat:alpha", "chat:beta", "chat:chat"]
+    assert listed == ["chat", "chat:alpha", "chat:beta", "chat:chat"]  # not stranger: another base
 
 
 def test_unknown_and_unsafe_adapters_are_refused_and_the_replica_stays_up(client, url):
     with pytest.raises(openai.NotFoundError, match="unknown adapter 'gamma'"):
         client.completions.create(model="chat:gamma", prompt="x", max_tokens=2)
+    with pytest.raises(
+        openai.UnprocessableEntityError, match="adapter 'stranger' was trained over .*other-llama"
+    ):
+        client.completions.create(model="chat:stranger", prompt="x", max_tokens=2)
     with pytest.raises(openai.NotFoundError, match="unknown model 'other'"):
         client.completions.create(model="other", prompt="x", max_tokens=2)
     for unsafe in ("..", "a/b", "../chat"):
