@@ -321,6 +321,10 @@ class Predictor:
             )
         tokenizer = causal_lm.load_tokenizer(self.model_dir)
         prompt = self.task.prompt_ids(tokenizer, item, self.spec.task)
+        window = causal_lm.context_length(self.model_dir)
+        if window is not None:  # generation ends at the context's end ("length")
+            room = max(1, min(settings.max_new_tokens, window - len(prompt)))
+            settings = settings.model_copy(update={"max_new_tokens": room})
 
         cancel = threading.Event()  # set when the client goes away: generation stops
 

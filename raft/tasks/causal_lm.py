@@ -21,6 +21,7 @@ generations from validation prompts are logged at each evaluation.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Literal
 
@@ -251,6 +252,16 @@ class CausalLm(Task):
     options_model = CompletionOptions
 
     def request_input(self, item: Any, spec: CausalLmSpec, model_dir: str | None = None) -> Any:
+        """A prompt or a conversation, checked; with the served export, also that it fits
+        the model's context (a longer one would fail its whole batch)."""
+        checked = self._request_item(item, spec)
+        if model_dir is not None and (window := context_length(model_dir)) is not None:
+            length = len(self.prompt_ids(load_tokenizer(model_dir), checked, spec))
+            if length >= window:
+                raise ValueError(f"the prompt is {length} tokens; this model reads at most {window}")
+        return checked
+
+    def _request_item(self, item: Any, spec: CausalLmSpec) -> Any:
         if isinstance(item, str):
             return item
         if isinstance(item, dict) and set(item) == {"messages"}:
@@ -283,6 +294,12 @@ class CausalLm(Task):
         stop = options.pop("stop", None) or []
         settings = spec.generation.model_copy(update=options)
         prompts = [self.prompt_ids(tokenizer, item, spec) for item in inputs]
+        window = context_length(model_dir)
+        if window is not None:  # generation ends at the context's end ("length")
+            room = window - max(len(p) for p in prompts)
+            settings = settings.model_copy(
+                update={"max_new_tokens": max(1, min(settings.max_new_tokens, room))}
+            )
         return complete(model, tokenizer, prompts, settings, stop)
 
     def tiny_config(self, **overrides: Any) -> Any:
@@ -437,6 +454,18 @@ def token_stats(logits: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
 
 
 # -- serving (pure; raft.serve calls these) --------------------------------------------
+@functools.lru_cache(maxsize=8)
+def context_length(model_dir: str) -> int | None:
+    """Positions the model in ``model_dir`` reads (None when its config does not say)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_dir)
+    for key in ("max_position_embeddings", "n_positions", "n_ctx"):
+        if isinstance(getattr(config, key, None), int):
+            return getattr(config, key)
+    return None
+
+
 def _cut_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:
     """``text`` up to the first of ``stop`` (and whether one was found)."""
     cuts = [text.index(s) for s in stop if s and s in text]

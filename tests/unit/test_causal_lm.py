@@ -328,3 +328,16 @@ def test_a_cancelled_stream_stops_generating(lm, model_dir, tokenizer):
     cancel.set()  # what raft serve does when the client goes away
     *_, last = pieces
     assert last["completion_tokens"] < 100, last
+
+
+def test_prompts_must_fit_the_context_and_generation_stops_at_its_end(lm, model_dir, tokenizer):
+    window = lm.config.max_position_embeddings  # 256 for the tiny Llama
+    words = "good " * 400
+    with pytest.raises(ValueError, match=rf"the prompt is \d+ tokens; this model reads at most {window}"):
+        TASK.request_input(words, CausalLmSpec(), model_dir)
+    assert TASK.request_input("good film", CausalLmSpec(), model_dir) == "good film"
+    ids = tokenizer(words)["input_ids"][: window - 3]
+    prompt = tokenizer.decode(ids)
+    assert len(tokenizer(prompt)["input_ids"]) <= window - 1
+    (answer,) = TASK.predict(lm, model_dir, CausalLmSpec(generation={"max_new_tokens": 50}), [prompt])
+    assert answer["prompt_tokens"] + answer["completion_tokens"] <= window
