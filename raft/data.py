@@ -30,17 +30,29 @@ class PreparedData:
     labels: LabelMap | None
     train_rows: int  # examples after preprocessing (packed blocks, for a packing task)
     validation_rows: int
-    skipped: dict[str, int] = field(default_factory=dict)  # bad rows dropped, per role
+    # bad rows dropped (data.on_bad_rows: skip): {role: {reason: count}}, e.g.
+    # {"data.train": {"bad_json": 2, "too_long": 1}}; only roles that dropped rows appear
+    skipped: dict[str, dict[str, int]] = field(default_factory=dict)
     samples: list[dict[str, Any]] = field(default_factory=list)  # validation rows for generations
 
 
 def read(source: Source, split: str | None = None, with_paths: bool = True) -> ray.data.Dataset:
     """A Ray Dataset over ``source`` (files stream; a saved HF dataset is handed over).
-    ``with_paths`` adds each row's file as a ``path`` column, for error messages."""
+    ``with_paths`` adds each csv/parquet row's file as a ``path`` column, for error
+    messages; jsonl and CoNLL records always carry their file and line. jsonl records hold
+    the line unparsed (``sources.record_row`` / ``decode_batch`` turn them into rows)."""
     files = list(source.files)
     if source.format == "jsonl":
-        # Ray's line-delimited reader resolves the filesystem from the URI itself.
-        return ray.data.read_json(source.file_uris, lines=True, include_paths=with_paths)
+        # Not ray.data.read_json: one line that does not parse, or one row whose column has
+        # another type than the rest, fails its whole file there. Lines travel unparsed
+        # (with their file and line number) and are parsed where they are checked and
+        # preprocessed, so a bad line is one bad row. Trade-off: each file is read whole by
+        # one read task, as read_json did too (pyarrow's JSON reader does not stream), so a
+        # file must fit in a worker's memory and is read by one task; split very large
+        # data into many files, which also spreads the reading over the cluster. Rows then
+        # stream on in blocks of Ray's target size, and .gz files are opened by Ray.
+        binary = ray.data.read_binary_files(files, filesystem=source.filesystem, include_paths=True)
+        return binary.flat_map(_jsonl_rows)
     if source.format == "csv":
         return ray.data.read_csv(files, filesystem=source.filesystem, include_paths=with_paths)
     if source.format == "parquet":
@@ -55,8 +67,11 @@ def read(source: Source, split: str | None = None, with_paths: bool = True) -> r
 
 
 def _paths_fit(source: Source, split: str | None) -> bool:
-    """Whether Ray may add its ``path`` column (not when the data has a column of that name)."""
-    return not source.is_hf and "path" not in sources.peek_columns(source, split)
+    """Whether Ray may add its ``path`` column (not when the data has a column of that name;
+    jsonl and CoNLL rows always know their file)."""
+    if source.format not in ("csv", "parquet"):
+        return not source.is_hf
+    return "path" not in sources.peek_columns(source, split)
 
 
 def _imagefolder_row(item: dict[str, Any], root: str) -> dict[str, Any]:
@@ -66,7 +81,11 @@ def _imagefolder_row(item: dict[str, Any], root: str) -> dict[str, Any]:
 
 def _conll_rows(item: dict[str, Any]) -> list[dict[str, Any]]:
     text = item["bytes"].decode("utf-8")
-    return [row | {"path": item["path"]} for row in sources.parse_conll(text, item["path"])]
+    return [row | {"path": item["path"]} for row in sources.conll_records(text)]
+
+
+def _jsonl_rows(item: dict[str, Any]):
+    yield from sources.jsonl_records(item["bytes"], item["path"])
 
 
 def _root_cause(error: BaseException) -> str:
@@ -79,8 +98,9 @@ def resolve_sources(spec: Any) -> tuple[Source, Source | None, str | None]:
     """Resolve and column-check the training and validation sources (no Ray needed)."""
     task = registry.get_task(spec.task.type)
     required = task.required_columns(spec.task)
+    strict = spec.data.on_bad_rows == "error"  # a bad line seen while peeking stops here
     train = sources.resolve(spec.data.train, spec.data.format, "data.train")
-    sources.check_columns(train, required, "data.train", spec.data.train_split)
+    sources.check_columns(train, required, "data.train", spec.data.train_split, strict)
     validation, validation_split = None, None
     if spec.data.validation:
         validation = sources.resolve(spec.data.validation, spec.data.format, "data.validation")
@@ -92,7 +112,7 @@ def resolve_sources(spec: Any) -> tuple[Source, Source | None, str | None]:
     ):
         validation, validation_split = train, spec.data.validation_split
     if validation is not None:
-        sources.check_columns(validation, required, "data.validation", validation_split)
+        sources.check_columns(validation, required, "data.validation", validation_split, strict)
     return train, validation, validation_split
 
 
@@ -184,7 +204,7 @@ def prepare(spec: Any) -> PreparedData:
 @dataclass
 class Scan:
     rows: int  # usable rows
-    bad: int  # rows the task cannot use
+    bad: dict[str, int]  # rows the task cannot use, per reason (raft.sources.REASONS)
     labels: list[Any]  # distinct labels of the usable rows (label-learning families)
     samples: list[dict[str, Any]]  # the first few usable rows
 
@@ -198,9 +218,11 @@ def _scan(
     task: Any,
     samples: int,
 ) -> Scan:
-    """Check every row with ``task.row_problem``, count rows and collect labels, in one
-    Ray Data pass. A bad row stops the run here (naming its file and row), unless
-    ``data.bad_rows: skip``."""
+    """Check every row with ``task.row_fault`` (a jsonl line that does not parse is a
+    ``bad_json`` row), count rows, bad rows per reason, and collect labels, in one Ray Data
+    pass. A bad row stops the run here, naming its file and line or row and the reason;
+    with ``data.on_bad_rows: skip`` bad rows are counted, and stop the run only when more
+    than ``data.max_bad_fraction`` of the source's rows are bad."""
     label_column = task.label_column(spec.task)
     try:
         parts = dataset.map_batches(
@@ -219,27 +241,48 @@ def _scan(
     except Exception as error:  # a malformed file surfaces here, from inside a read task
         raise DataError(f"{role} {source.uri!r}: cannot be read ({_root_cause(error)})") from None
     rows = sum(int(p["good"]) for p in parts)
-    bad = sum(int(p["bad"]) for p in parts)
-    if bad and spec.data.bad_rows == "error":
-        first = next(p for p in parts if p["problem"])
-        where = locate_row(source, split, str(first["path"]), int(first["line"]), task, spec)
+    counts = sources.count_faults([json.loads(str(p["counts"])) for p in parts])
+    bad = sum(counts.values())
+
+    def first_bad() -> str:  # '<file>, line N: <message> [<reason>]', for an error message
+        first = min((p for p in parts if p["reason"]), key=lambda p: (str(p["path"]), int(p["line"])))
+        where, fault = locate_row(source, split, str(first["path"]), int(first["line"]), task, spec)
+        fault = fault or sources.RowFault(str(first["reason"]), str(first["problem"]))
+        return f"{where}: {fault.message} [{fault.reason}]"  # parts come in no set order: min
+
+    if bad and spec.data.on_bad_rows == "error":
         raise DataError(
-            f"{role} {where}: {first['problem']}"
-            + (f" ({bad} bad rows in all)" if bad > 1 else "")
-            + "; fix the data, or set data.bad_rows: skip to drop and count such rows"
+            f"{role} {first_bad()}"
+            + (f" ({bad} bad rows in all: {sources.describe_counts(counts)})" if bad > 1 else "")
+            + sources.SKIP_HINT
+        )
+    too_many = sources.bad_fraction_problem(counts, rows, spec.data.max_bad_fraction)
+    if too_many:
+        raise DataError(
+            f"{role} {source.uri!r}: {too_many}. The first: {first_bad()}. Fix the data, or raise "
+            "data.max_bad_fraction to train on the rest"
         )
     if rows == 0:
         raise DataError(
             f"{role} {source.uri!r} has no rows"
             if not bad
-            else f"{role} {source.uri!r}: all {bad} rows are bad"
+            else f"{role} {source.uri!r}: all {bad} rows are bad ({sources.describe_counts(counts)})"
         )
     labels: set[Any] = set()
     kept: list[dict[str, Any]] = []
     for part in parts:
         labels.update(json.loads(str(part["labels"])))
         kept.extend(json.loads(str(part["samples"]), object_hook=_bytes_from_json))
-    return Scan(rows, bad, sorted(labels, key=lambda v: (str(type(v)), v)), kept[:samples])
+    return Scan(rows, counts, sorted(labels, key=lambda v: (str(type(v)), v)), kept[:samples])
+
+
+def _fault(record: dict[str, Any], task: Any, task_spec: Any, model_path: str) -> tuple[dict | None, Any]:
+    """(the row, its fault or None) of one reader record: the reader's own fault (a jsonl
+    line that does not parse, a malformed CoNLL line) or the task's row check."""
+    row, fault = sources.record_row(record)
+    if fault is None:
+        fault = task.row_fault(row, task_spec, model_path)
+    return row, fault
 
 
 def _scan_batch(
@@ -253,17 +296,19 @@ def _scan_batch(
 ) -> dict[str, list]:
     task = registry.get_task(task_name)
     size = len(next(iter(batch.values()))) if batch else 0
-    good = bad = 0
-    problem, path, line = "", "", -1
+    good = 0
+    counts: dict[str, int] = {}
+    reason, problem, path, line = "", "", "", -1
     labels: set[Any] = set()
     kept: list[dict[str, Any]] = []
     for i in range(size):
-        row = {column: _plain(values[i]) for column, values in batch.items()}
-        why = task.row_problem(row, task_spec, model_path)
-        if why is not None:
-            bad += 1
-            if not problem:
-                problem, path, line = why, str(row.get("path") or ""), int(row.get("line") or -1)
+        record = {column: _plain(values[i]) for column, values in batch.items()}
+        row, fault = _fault(record, task, task_spec, model_path)
+        if fault is not None:
+            counts[fault.reason] = counts.get(fault.reason, 0) + 1
+            if not reason:
+                reason, problem = fault.reason, fault.message
+                path, line = str(record.get("path") or ""), int(record.get("line") or -1)
             continue
         good += 1
         if label_column is not None and sequence:
@@ -274,7 +319,8 @@ def _scan_batch(
             kept.append({k: v for k, v in row.items() if k != "line"})
     return {
         "good": [good],
-        "bad": [bad],
+        "counts": [json.dumps(counts)],
+        "reason": [reason],
         "problem": [problem],
         "path": [path],
         "line": [line],
@@ -299,7 +345,7 @@ def _keep_good(batch: dict[str, np.ndarray], task_name: str, task_spec: Any, mod
     size = len(next(iter(batch.values()))) if batch else 0
     keep = np.array(
         [
-            task.row_problem({c: _plain(v[i]) for c, v in batch.items()}, task_spec, model_path) is None
+            _fault({c: _plain(v[i]) for c, v in batch.items()}, task, task_spec, model_path)[1] is None
             for i in range(size)
         ],
         dtype=bool,
@@ -307,41 +353,39 @@ def _keep_good(batch: dict[str, np.ndarray], task_name: str, task_spec: Any, mod
     return {column: values[keep] for column, values in batch.items()}
 
 
-def locate_row(source: Source, split: str | None, path: str, line: int, task: Any, spec: Any) -> str:
-    """``'<file>, line N'`` / ``'<file>, row N'`` of the first row ``task`` refuses in
-    ``path``: the file is read again here, on the error path only."""
-    if line > 0:  # CoNLL rows carry the line their sentence starts on
-        return f"{path}, line {line}"
+def locate_row(
+    source: Source, split: str | None, path: str, line: int, task: Any, spec: Any
+) -> tuple[str, Any]:
+    """(``'<file>, line N'`` / ``'<file>, row N'``, its fault) of the first row ``task``
+    refuses in ``path``. jsonl and CoNLL rows carry their line; csv, parquet and saved
+    datasets are read again here, on the error path only (the fault is None when the row
+    is not found again)."""
+    if line > 0:
+        return f"{path}, line {line}", None
     if source.format == "imagefolder":  # each row is its own file
-        return path
+        return path, None
     try:
         if source.is_hf:
             rows = iter(sources.load_hf(source, split))
             for number, row in enumerate(rows, start=1):
-                if task.row_problem(row, spec.task, spec.model.path):
-                    return f"{source.uri!r}, row {number}"
-            return repr(source.uri)
-        with source.filesystem.open_input_stream(path, compression="detect") as stream:
-            raw = stream.read()
-        if source.format == "jsonl":
-            for number, text in enumerate(raw.decode("utf-8").splitlines(), start=1):
-                if text.strip() and task.row_problem(
-                    {"path": path} | json.loads(text), spec.task, spec.model.path
-                ):
-                    return f"{path}, line {number}"
-        else:
-            import pyarrow as pa
-            import pyarrow.csv
-            import pyarrow.parquet
+                fault = task.row_fault(row, spec.task, spec.model.path)
+                if fault is not None:
+                    return f"{source.uri!r}, row {number}", fault
+            return repr(source.uri), None
+        import pyarrow as pa
+        import pyarrow.csv
+        import pyarrow.parquet
 
-            buffer = pa.BufferReader(raw)
-            table = pa.csv.read_csv(buffer) if source.format == "csv" else pa.parquet.read_table(buffer)
-            for number, row in enumerate(table.to_pylist(), start=1):
-                if task.row_problem({"path": path} | row, spec.task, spec.model.path):
-                    return f"{path}, row {number}"
+        with source.filesystem.open_input_stream(path, compression="detect") as stream:
+            buffer = pa.BufferReader(stream.read())
+        table = pa.csv.read_csv(buffer) if source.format == "csv" else pa.parquet.read_table(buffer)
+        for number, row in enumerate(table.to_pylist(), start=1):
+            fault = task.row_fault({"path": path} | row, spec.task, spec.model.path)
+            if fault is not None:
+                return f"{path}, row {number}", fault
     except Exception:  # locating is a courtesy; the problem itself is still reported
         pass
-    return path or repr(source.uri)
+    return path or repr(source.uri), None
 
 
 def _plain(value: Any) -> Any:
@@ -357,8 +401,9 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _plain_row(row: dict[str, Any]) -> dict[str, Any]:
-    return {k: _plain(v) for k, v in row.items() if k != "line"}
+def _plain_row(record: dict[str, Any]) -> dict[str, Any]:
+    row, _ = sources.record_row({k: _plain(v) for k, v in record.items()})
+    return {k: v for k, v in (row or {}).items() if k != "line"}
 
 
 def _bytes_to_json(value: Any) -> Any:
@@ -379,4 +424,5 @@ def _augment(batch: dict, task_name: str, task_spec: Any) -> dict:
 def _preprocess(
     batch: dict, task_name: str, task_spec: Any, model_path: str, labels: LabelMap | None
 ) -> dict:
+    batch = sources.decode_batch(batch)  # jsonl lines → columns; reader-only columns dropped
     return registry.get_task(task_name).preprocess(batch, task_spec, model_path, labels)

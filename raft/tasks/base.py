@@ -15,6 +15,7 @@ import torch
 
 from raft.labels import LabelMap
 from raft.registry import TaskSpec
+from raft.sources import RowFault, missing_fault, oversized_fault
 
 
 @dataclass
@@ -62,8 +63,24 @@ class Task(ABC):
         return None
 
     def row_problem(self, row: dict[str, Any], spec: Any, model_path: str) -> str | None:
-        """What is wrong with one input row, or None. Checked for every row before training
-        (the error names the file and row), and used to skip rows when the spec says so."""
+        """What is wrong with one input row (a message), or None: ``row_fault``'s message."""
+        fault = self.row_fault(row, spec, model_path)
+        return None if fault is None else fault.message
+
+    def row_fault(self, row: dict[str, Any], spec: Any, model_path: str) -> RowFault | None:
+        """Why one input row cannot be used (a reason key of ``raft.sources.REASONS`` and a
+        message), or None. Checked for every row before training (the error names the file
+        and row), and used to skip and count rows (data.on_bad_rows: skip). The generic
+        checks come first: an absurdly large cell, then a required column absent or null."""
+        return (
+            oversized_fault(row)
+            or missing_fault(row, self.required_columns(spec))
+            or self.check_row(row, spec, model_path)
+        )
+
+    def check_row(self, row: dict[str, Any], spec: Any, model_path: str) -> RowFault | None:
+        """The family's own row check (types, blanks, lengths...); every required column is
+        present and not null by then."""
         return None
 
     def changes_row_count(self, spec: Any) -> bool:
@@ -116,12 +133,18 @@ class Task(ABC):
     # -- model --------------------------------------------------------------------
     @abstractmethod
     def build_model(
-        self, model_path: str, spec: Any, labels: LabelMap | None, trust_remote_code: bool
+        self,
+        model_path: str,
+        spec: Any,
+        labels: LabelMap | None,
+        trust_remote_code: bool,
+        *,
+        allow_pickle: bool = False,
     ) -> torch.nn.Module:
         """Load the pretrained model from a local folder, with a fresh head if needed."""
 
     def load_with_head(
-        self, model_path: str, labels: LabelMap | None, trust_remote_code: bool
+        self, model_path: str, labels: LabelMap | None, trust_remote_code: bool, allow_pickle: bool = False
     ) -> torch.nn.Module:
         """``auto_class.from_pretrained`` with a new head sized to ``labels``, whose names go
         into the config (``id2label``) so predictions come back in the user's words."""
@@ -135,7 +158,7 @@ class Task(ABC):
             id2label=labels.id2label,
             label2id=labels.label2id,
             trust_remote_code=trust_remote_code,
-            use_safetensors=True,
+            use_safetensors=safetensors_only(allow_pickle),
         )
 
     def lora_targets(self, model: torch.nn.Module) -> list[str]:
@@ -269,6 +292,13 @@ def ranked_classes(probabilities: torch.Tensor, names: dict[int, str], top_k: in
         ranked = [{"label": names[int(i)], "score": float(p)} for p, i in zip(scores, ids, strict=True)]
         answers.append({"label": ranked[0]["label"], "score": ranked[0]["score"], "top_k": ranked})
     return answers
+
+
+def safetensors_only(allow_pickle: bool) -> bool | None:
+    """transformers' ``use_safetensors``: True refuses pickle-based ``.bin`` weights (loading
+    them can run code); None (the spec's model.allow_pickle_weights) prefers safetensors and
+    falls back to them."""
+    return None if allow_pickle else True
 
 
 @functools.lru_cache(maxsize=4)

@@ -8,12 +8,14 @@ Three input formats (``task.format``):
   token trains). The last partial block of each preprocessing batch is dropped.
 - ``prompt_completion``: the loss covers the completion (and its EOS) only; prompt tokens
   get label -100. A row longer than ``max_length`` loses prompt tokens from the left first,
-  so every row keeps something to learn.
+  so every row keeps something to learn; a completion that fills ``max_length`` by itself
+  would keep no prompt, and is a bad row (``too_long``).
 - ``chat``: a list of ``{role, content}`` turns rendered by the tokenizer's chat template
   (or ``chat_template`` from the spec). The loss covers the assistant turns only: each
   assistant span is found by rendering the conversation up to that turn with and without
   the generation prompt, so it is exactly the text the model must produce at inference
-  (including the template's end-of-turn marker), whatever the template.
+  (including the template's end-of-turn marker), whatever the template. A conversation
+  whose first assistant token lies beyond ``max_length`` is a bad row (``too_long``).
 
 Metrics: token-weighted loss and perplexity, next-token accuracy; a few greedy
 generations from validation prompts are logged at each evaluation.
@@ -33,7 +35,8 @@ from raft.generation import GenerationSpec, generate, generation_config, left_pa
 from raft.labels import LabelMap
 from raft.registry import TaskSpec, register_task
 from raft.serving import GenerationOptions
-from raft.tasks.base import EvalContext, Task, load_tokenizer
+from raft.sources import BAD_CONVERSATION, EMPTY_TEXT, TOO_LONG, WRONG_TYPE, RowFault, text_fault
+from raft.tasks.base import EvalContext, Task, load_tokenizer, safetensors_only
 from raft.tasks.sequence_classification import trim_padding
 
 IGNORE = -100
@@ -134,22 +137,27 @@ class CausalLm(Task):
             )
 
     # -- rows -----------------------------------------------------------------------
-    def row_problem(self, row: dict[str, Any], spec: CausalLmSpec, model_path: str) -> str | None:
+    def check_row(self, row: dict[str, Any], spec: CausalLmSpec, model_path: str) -> RowFault | None:
+        # Text longer than max_length is packed into blocks or cut (format: text), and a long
+        # prompt loses tokens from the left (prompt_completion): neither is a fault.
         if spec.format == "text":
-            return _text_problem(row.get(spec.text_column), spec.text_column)
+            return text_fault(row[spec.text_column], spec.text_column)
         if spec.format == "prompt_completion":
-            return _text_problem(row.get(spec.prompt_column), spec.prompt_column) or _text_problem(
-                row.get(spec.completion_column), spec.completion_column
+            completion = row[spec.completion_column]
+            return (
+                text_fault(row[spec.prompt_column], spec.prompt_column)
+                or text_fault(completion, spec.completion_column)
+                or completion_fits(load_tokenizer(model_path), completion, spec.max_length)
             )
-        problem = conversation_problem(row.get(spec.messages_column), spec.roles)
-        if problem is None:
-            try:
-                chat_segments(
-                    load_tokenizer(model_path), _turns(row[spec.messages_column]), spec.chat_template
-                )
-            except Exception as error:  # the template's own raise_exception, or inconsistency
-                return f"the chat template cannot render this conversation: {error}"
-        return problem
+        fault = conversation_fault(row[spec.messages_column], spec.roles)
+        if fault is not None:
+            return fault
+        tokenizer = load_tokenizer(model_path)
+        try:
+            segments = chat_segments(tokenizer, _turns(row[spec.messages_column]), spec.chat_template)
+        except Exception as error:  # the template's own raise_exception, or inconsistency
+            return RowFault(BAD_CONVERSATION, f"the chat template cannot render this conversation: {error}")
+        return assistant_fits(tokenizer, segments, spec.max_length)
 
     def preprocess(
         self, batch: dict[str, np.ndarray], spec: CausalLmSpec, model_path: str, labels: LabelMap | None
@@ -180,12 +188,18 @@ class CausalLm(Task):
 
     # -- model ----------------------------------------------------------------------
     def build_model(
-        self, model_path: str, spec: CausalLmSpec, labels: LabelMap | None, trust_remote_code: bool = False
+        self,
+        model_path: str,
+        spec: CausalLmSpec,
+        labels: LabelMap | None,
+        trust_remote_code: bool = False,
+        *,
+        allow_pickle: bool = False,
     ) -> torch.nn.Module:
         from transformers import AutoModelForCausalLM
 
         model = AutoModelForCausalLM.from_pretrained(
-            model_path, trust_remote_code=trust_remote_code, use_safetensors=True
+            model_path, trust_remote_code=trust_remote_code, use_safetensors=safetensors_only(allow_pickle)
         )
         if model.config.pad_token_id is None:
             model.config.pad_token_id = _pad_id(load_tokenizer(model_path))
@@ -603,38 +617,76 @@ def _held_back(text: str, stop: list[str]) -> int:
     return max((n for s in stop for n in range(1, len(s)) if text.endswith(s[:n])), default=0)
 
 
-def _text_problem(value: Any, column: str) -> str | None:
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return f"column {column!r} is empty"
-    if not isinstance(value, str):
-        return f"column {column!r} must hold text, got {type(value).__name__}"
-    if not value.strip():
-        return f"column {column!r} is blank"
-    return None
-
-
 def _turns(messages: Any) -> list[dict[str, str]]:
     return [{"role": str(m["role"]), "content": str(m["content"])} for m in messages]
 
 
-def conversation_problem(messages: Any, roles: list[str]) -> str | None:
+def conversation_fault(messages: Any, roles: list[str]) -> RowFault | None:
     """Why a ``messages`` value cannot train, or None."""
     if messages is None or isinstance(messages, (str, bytes, dict)) or not hasattr(messages, "__len__"):
-        return f"messages must be a list of {{role, content}} turns, got {messages!r:.60}"
+        return RowFault(
+            WRONG_TYPE, f"messages must be a list of {{role, content}} turns, got {messages!r:.60}"
+        )
     if len(messages) == 0:
-        return "messages is an empty conversation"
-    has_assistant = False
+        return RowFault(BAD_CONVERSATION, "messages is an empty conversation")
+    has_assistant, assistant_text = False, False
     for number, turn in enumerate(messages, start=1):
-        if not isinstance(turn, dict) or "role" not in turn or "content" not in turn:
-            return f"turn {number} is not a {{role, content}} object: {turn!r:.60}"
+        if not isinstance(turn, dict):
+            return RowFault(WRONG_TYPE, f"turn {number} is not a {{role, content}} object: {turn!r:.60}")
+        if "role" not in turn or "content" not in turn:
+            return RowFault(
+                BAD_CONVERSATION, f"turn {number} is not a {{role, content}} object: {turn!r:.60}"
+            )
         if turn["role"] not in roles:
-            return f"turn {number} has role {turn['role']!r}, which is not one of {roles}"
-        if turn["content"] is None:
-            return f"turn {number} ({turn['role']}) has no content"
-        has_assistant = has_assistant or turn["role"] == "assistant"
+            return RowFault(
+                BAD_CONVERSATION, f"turn {number} has role {turn['role']!r}, which is not one of {roles}"
+            )
+        content = turn["content"]
+        if content is None:
+            return RowFault(BAD_CONVERSATION, f"turn {number} ({turn['role']}) has no content")
+        if not isinstance(content, str):
+            return RowFault(
+                WRONG_TYPE,
+                f"turn {number} ({turn['role']}): content must be text, got {type(content).__name__}",
+            )
+        if turn["role"] == "assistant":
+            has_assistant, assistant_text = True, assistant_text or bool(content.strip())
     if not has_assistant:
-        return "the conversation has no assistant turn (nothing to train on)"
+        return RowFault(BAD_CONVERSATION, "the conversation has no assistant turn (nothing to train on)")
+    if not assistant_text:
+        return RowFault(EMPTY_TEXT, "every assistant turn is blank (nothing to train on)")
     return None
+
+
+def completion_fits(tokenizer: Any, completion: str, max_length: int) -> RowFault | None:
+    """``too_long`` when a completion and its EOS take all ``max_length`` tokens: the prompt
+    (cut from the left to make room) would lose every token, and the row would teach the
+    completion without its prompt."""
+    count = len(tokenizer(completion, add_special_tokens=False)["input_ids"]) + 1
+    if count < max_length:
+        return None
+    return RowFault(
+        TOO_LONG,
+        f"the completion and its EOS take {count} tokens: task.max_length={max_length} leaves no "
+        "room for a single prompt token (raise task.max_length, or shorten the completion)",
+    )
+
+
+def assistant_fits(tokenizer: Any, segments: list[tuple[str, bool]], max_length: int) -> RowFault | None:
+    """``too_long`` when no assistant token falls within the first ``max_length`` tokens of a
+    rendered conversation: the prompt before the first assistant turn fills the context, and
+    the row, cut there, would train on nothing."""
+    _, trains = tokenize_segments(tokenizer, segments, 1 << 62)
+    first = next((i for i, t in enumerate(trains) if t), None)
+    if first is None:
+        return RowFault(EMPTY_TEXT, "the assistant turns render to no tokens (nothing to train on)")
+    if first < max_length:
+        return None
+    return RowFault(
+        TOO_LONG,
+        f"the first assistant token comes after {first} tokens, beyond task.max_length={max_length}: "
+        "nothing in the row would train (raise task.max_length, or shorten what comes before it)",
+    )
 
 
 register_task(CausalLm())

@@ -24,6 +24,7 @@ from raft.labels import LabelMap
 from raft.metrics import classification_metrics, confusion_matrix
 from raft.registry import TaskSpec, register_task
 from raft.serving import TopK, decode_media
+from raft.sources import BAD_MEDIA, RowFault, label_fault, media_type_fault
 from raft.tasks.base import EvalContext, Task, ranked_classes
 
 PROMPT_REASON = (
@@ -70,15 +71,12 @@ class ImageClassification(Task):
     def label_column(self, spec: ImageClassificationSpec) -> str:
         return spec.label_column
 
-    def row_problem(self, row: dict[str, Any], spec: ImageClassificationSpec, model_path: str) -> str | None:
-        if row.get(spec.label_column) is None:
-            return f"column {spec.label_column!r} is empty"
-        try:
-            image = open_image(row.get(spec.image_column), row.get("path"))
-            image.verify()  # reads the whole file's structure without decoding pixels
-        except Exception as error:
-            return f"column {spec.image_column!r}: cannot be read as an image ({_short(error)})"
-        return None
+    def check_row(
+        self, row: dict[str, Any], spec: ImageClassificationSpec, model_path: str
+    ) -> RowFault | None:
+        return label_fault(row[spec.label_column], spec.label_column, spec.labels) or image_fault(
+            row[spec.image_column], spec.image_column, row.get("path")
+        )
 
     def preprocess(
         self,
@@ -114,8 +112,10 @@ class ImageClassification(Task):
         spec: ImageClassificationSpec,
         labels: LabelMap | None,
         trust_remote_code: bool = False,
+        *,
+        allow_pickle: bool = False,
     ) -> torch.nn.Module:
-        return self.load_with_head(model_path, labels, trust_remote_code)
+        return self.load_with_head(model_path, labels, trust_remote_code, allow_pickle=allow_pickle)
 
     # Statistics: the confusion matrix, plus one extra row whose first entry counts the
     # rows whose label is among the top-k logits.
@@ -215,6 +215,19 @@ def open_image(value: Any, data_file: Any = None) -> Any:
     from raft.sources import read_media
 
     return Image.open(io.BytesIO(read_media(value, data_file)))
+
+
+def image_fault(value: Any, column: str, data_file: Any = None) -> RowFault | None:
+    """Why an image cell cannot be used (``wrong_type``, or ``bad_media`` when it does not
+    read or its file structure is broken), or None. Pixels are not decoded here."""
+    fault = media_type_fault(value, column)
+    if fault is not None:
+        return fault
+    try:
+        open_image(value, data_file).verify()  # reads the whole file's structure
+    except Exception as error:
+        return RowFault(BAD_MEDIA, f"column {column!r}: cannot be read as an image ({_short(error)})")
+    return None
 
 
 def request_image(data: bytes) -> Any:

@@ -25,9 +25,9 @@ from pydantic import Field, PositiveInt, field_validator
 from raft.labels import LabelMap
 from raft.registry import SectionModel, TaskSpec, register_task
 from raft.serving import decode_media
-from raft.tasks.base import EvalContext, Task, load_tokenizer, ranked_classes
-from raft.tasks.causal_lm import _text_problem
-from raft.tasks.image_classification import _short, load_image_processor, open_image, request_image
+from raft.sources import RowFault, label_fault, text_fault
+from raft.tasks.base import EvalContext, Task, load_tokenizer, ranked_classes, safetensors_only
+from raft.tasks.image_classification import image_fault, load_image_processor, open_image, request_image
 
 PROMPT_REASON = (
     "peft's {kind} needs a task type with token embeddings to prepend to; an image-text "
@@ -121,17 +121,12 @@ class ImageText(Task):
     def label_column(self, spec: ImageTextSpec) -> str | None:
         return spec.label_column
 
-    def row_problem(self, row: dict[str, Any], spec: ImageTextSpec, model_path: str) -> str | None:
-        problem = _text_problem(row.get(spec.text_column), spec.text_column)
-        if problem:
-            return problem
-        if spec.label_column and row.get(spec.label_column) is None:
-            return f"column {spec.label_column!r} is empty"
-        try:
-            open_image(row.get(spec.image_column), row.get("path")).verify()
-        except Exception as error:
-            return f"column {spec.image_column!r}: cannot be read as an image ({_short(error)})"
-        return None
+    def check_row(self, row: dict[str, Any], spec: ImageTextSpec, model_path: str) -> RowFault | None:
+        # Captions longer than max_length are cut (documented), not faults.
+        fault = text_fault(row[spec.text_column], spec.text_column) or (
+            label_fault(row[spec.label_column], spec.label_column, spec.labels) if spec.label_column else None
+        )
+        return fault or image_fault(row[spec.image_column], spec.image_column, row.get("path"))
 
     def preprocess(
         self, batch: dict[str, np.ndarray], spec: ImageTextSpec, model_path: str, labels: LabelMap | None
@@ -163,12 +158,18 @@ class ImageText(Task):
 
     # -- model ----------------------------------------------------------------------
     def build_model(
-        self, model_path: str, spec: ImageTextSpec, labels: LabelMap | None, trust_remote_code: bool = False
+        self,
+        model_path: str,
+        spec: ImageTextSpec,
+        labels: LabelMap | None,
+        trust_remote_code: bool = False,
+        *,
+        allow_pickle: bool = False,
     ) -> torch.nn.Module:
         from transformers import AutoModel
 
         model = AutoModel.from_pretrained(
-            model_path, trust_remote_code=trust_remote_code, use_safetensors=True
+            model_path, trust_remote_code=trust_remote_code, use_safetensors=safetensors_only(allow_pickle)
         )
         if labels is not None:  # the class names travel in the config, for zero-shot serving
             model.config.id2label, model.config.label2id = labels.id2label, labels.label2id

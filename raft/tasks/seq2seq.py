@@ -20,8 +20,8 @@ from raft.labels import LabelMap
 from raft.metrics import TEXT_STATS, text_generation_metrics, text_generation_stats
 from raft.registry import TaskSpec, register_task
 from raft.serving import GenerationOptions
-from raft.tasks.base import EvalContext, Task, load_tokenizer
-from raft.tasks.causal_lm import _text_problem
+from raft.sources import RowFault, text_fault
+from raft.tasks.base import EvalContext, Task, load_tokenizer, safetensors_only
 
 IGNORE = -100
 
@@ -52,9 +52,10 @@ class Seq2Seq(Task):
     def required_columns(self, spec: Seq2SeqSpec) -> list[str]:
         return [spec.source_column, spec.target_column]
 
-    def row_problem(self, row: dict[str, Any], spec: Seq2SeqSpec, model_path: str) -> str | None:
-        return _text_problem(row.get(spec.source_column), spec.source_column) or _text_problem(
-            row.get(spec.target_column), spec.target_column
+    def check_row(self, row: dict[str, Any], spec: Seq2SeqSpec, model_path: str) -> RowFault | None:
+        # Sources and targets longer than their max lengths are cut (documented), not faults.
+        return text_fault(row[spec.source_column], spec.source_column) or text_fault(
+            row[spec.target_column], spec.target_column
         )
 
     def preprocess(
@@ -74,12 +75,18 @@ class Seq2Seq(Task):
 
     # -- model ----------------------------------------------------------------------
     def build_model(
-        self, model_path: str, spec: Seq2SeqSpec, labels: LabelMap | None, trust_remote_code: bool = False
+        self,
+        model_path: str,
+        spec: Seq2SeqSpec,
+        labels: LabelMap | None,
+        trust_remote_code: bool = False,
+        *,
+        allow_pickle: bool = False,
     ) -> torch.nn.Module:
         from transformers import AutoModelForSeq2SeqLM
 
         return AutoModelForSeq2SeqLM.from_pretrained(
-            model_path, trust_remote_code=trust_remote_code, use_safetensors=True
+            model_path, trust_remote_code=trust_remote_code, use_safetensors=safetensors_only(allow_pickle)
         )
 
     def check_model(self, spec: Seq2SeqSpec, model_path: str) -> None:

@@ -16,6 +16,7 @@ from raft.labels import LabelMap
 from raft.metrics import classification_metrics, confusion_matrix
 from raft.registry import TaskSpec, register_task
 from raft.serving import TopK
+from raft.sources import RowFault, label_fault, text_fault
 from raft.tasks.base import Task, load_tokenizer, ranked_classes
 
 
@@ -49,13 +50,18 @@ class SequenceClassification(Task):
     def label_column(self, spec: SequenceClassificationSpec) -> str:
         return spec.label_column
 
-    def row_problem(
+    def check_row(
         self, row: dict[str, Any], spec: SequenceClassificationSpec, model_path: str
-    ) -> str | None:
-        for column in self.required_columns(spec):
-            if _is_missing(row.get(column)):
-                return f"column {column!r} is empty"
-        return None
+    ) -> RowFault | None:
+        # Text longer than max_length is cut (the documented behaviour), not a fault.
+        pair = (
+            text_fault(row[spec.text_pair_column], spec.text_pair_column) if spec.text_pair_column else None
+        )
+        return (
+            text_fault(row[spec.text_column], spec.text_column)
+            or pair
+            or label_fault(row[spec.label_column], spec.label_column, spec.labels)
+        )
 
     def preprocess(
         self,
@@ -91,8 +97,10 @@ class SequenceClassification(Task):
         spec: SequenceClassificationSpec,
         labels: LabelMap | None,
         trust_remote_code: bool = False,
+        *,
+        allow_pickle: bool = False,
     ) -> torch.nn.Module:
-        return self.load_with_head(model_path, labels, trust_remote_code)
+        return self.load_with_head(model_path, labels, trust_remote_code, allow_pickle=allow_pickle)
 
     def empty_stats(self, labels: LabelMap | None) -> np.ndarray:
         return np.zeros((labels.num_labels, labels.num_labels), dtype=np.int64)

@@ -25,9 +25,8 @@ from raft.generation import GenerationSpec, generate, generation_config
 from raft.labels import LabelMap
 from raft.registry import TaskSpec, register_task
 from raft.serving import GenerationOptions, decode_media
-from raft.sources import read_media
-from raft.tasks.base import EvalContext, Task, load_tokenizer
-from raft.tasks.causal_lm import _text_problem
+from raft.sources import BAD_MEDIA, TOO_LONG, RowFault, media_type_fault, read_media, text_fault
+from raft.tasks.base import EvalContext, Task, load_tokenizer, safetensors_only
 from raft.tasks.seq2seq import decode_labels, pad_labels, target_ids
 
 AUDIO_EXTENSIONS = (".wav", ".flac")
@@ -86,21 +85,27 @@ class SpeechRecognition(Task):
     def required_columns(self, spec: SpeechRecognitionSpec) -> list[str]:
         return [spec.audio_column, spec.text_column]
 
-    def row_problem(self, row: dict[str, Any], spec: SpeechRecognitionSpec, model_path: str) -> str | None:
-        problem = _text_problem(row.get(spec.text_column), spec.text_column)
-        if problem:
-            return problem
+    def check_row(self, row: dict[str, Any], spec: SpeechRecognitionSpec, model_path: str) -> RowFault | None:
+        # A transcript longer than max_target_length is cut (documented), not a fault.
+        fault = text_fault(row[spec.text_column], spec.text_column) or media_type_fault(
+            row[spec.audio_column], spec.audio_column
+        )
+        if fault is not None:
+            return fault
         try:
-            seconds = audio_seconds(row.get(spec.audio_column), row.get("path"))
+            seconds = audio_seconds(row[spec.audio_column], row.get("path"))
         except Exception as error:
-            return f"column {spec.audio_column!r}: cannot be read as audio ({_short(error)})"
+            return RowFault(
+                BAD_MEDIA, f"column {spec.audio_column!r}: cannot be read as audio ({_short(error)})"
+            )
         if seconds <= 0:
-            return f"column {spec.audio_column!r}: the audio is empty (0 samples)"
+            return RowFault(BAD_MEDIA, f"column {spec.audio_column!r}: the audio is empty (0 samples)")
         longest = spec.max_audio_seconds or window_seconds(model_path)
         if seconds > longest:
-            return (
+            return RowFault(
+                TOO_LONG,
                 f"column {spec.audio_column!r}: the audio is {seconds:.1f} s, longer than "
-                f"{longest:g} s (the model's window; set task.max_audio_seconds, or split the clip)"
+                f"{longest:g} s (the model's window; set task.max_audio_seconds, or split the clip)",
             )
         return None
 
@@ -134,11 +139,13 @@ class SpeechRecognition(Task):
         spec: SpeechRecognitionSpec,
         labels: LabelMap | None,
         trust_remote_code: bool = False,
+        *,
+        allow_pickle: bool = False,
     ) -> torch.nn.Module:
         from transformers import AutoModelForSpeechSeq2Seq
 
         return AutoModelForSpeechSeq2Seq.from_pretrained(
-            model_path, trust_remote_code=trust_remote_code, use_safetensors=True
+            model_path, trust_remote_code=trust_remote_code, use_safetensors=safetensors_only(allow_pickle)
         )
 
     def check_model(self, spec: SpeechRecognitionSpec, model_path: str) -> None:

@@ -17,6 +17,15 @@ from pydantic import Field, PositiveInt
 
 from raft.labels import LabelMap
 from raft.registry import TaskSpec, register_task
+from raft.sources import (
+    LENGTH_MISMATCH,
+    TOO_LONG,
+    WRONG_TYPE,
+    RowFault,
+    is_list,
+    label_fault,
+    strings_fault,
+)
 from raft.tasks.base import Task, load_tokenizer
 from raft.tasks.sequence_classification import trim_padding
 
@@ -35,7 +44,11 @@ class TokenClassificationSpec(TaskSpec):
     label_all_subtokens: bool = Field(
         False, description="Give every sub-token its word's tag (default: the first sub-token only)."
     )
-    max_length: PositiveInt = Field(128, description="Sub-word tokens per row; longer rows are cut.")
+    max_length: PositiveInt = Field(
+        128,
+        description="Sub-word tokens per row, special tokens included; a row whose words need more "
+        "is a bad row (too_long: cutting it would drop words and their tags).",
+    )
 
 
 class TokenClassification(Task):
@@ -57,19 +70,28 @@ class TokenClassification(Task):
     def label_column(self, spec: TokenClassificationSpec) -> str:
         return spec.tags_column
 
-    def row_problem(self, row: dict[str, Any], spec: TokenClassificationSpec, model_path: str) -> str | None:
-        tokens, tags = row.get(spec.tokens_column), row.get(spec.tags_column)
-        for column, value in ((spec.tokens_column, tokens), (spec.tags_column, tags)):
-            if not _is_list(value):
-                return f"column {column!r} must hold a list, got {value!r:.60}"
-        if len(tokens) == 0:
-            return f"column {spec.tokens_column!r} is an empty list"
-        if len(tokens) != len(tags):
-            return (
-                f"{len(tokens)} tokens in {spec.tokens_column!r} but {len(tags)} tags in "
-                f"{spec.tags_column!r}: {[str(t) for t in tokens][:8]}"
+    def check_row(
+        self, row: dict[str, Any], spec: TokenClassificationSpec, model_path: str
+    ) -> RowFault | None:
+        tokens, tags = row[spec.tokens_column], row[spec.tags_column]
+        fault = strings_fault(tokens, spec.tokens_column, "words")
+        if fault is not None:
+            return fault
+        if not is_list(tags):
+            return RowFault(
+                WRONG_TYPE, f"column {spec.tags_column!r} must hold a list of tags, got {tags!r:.60}"
             )
-        return None
+        if len(tokens) != len(tags):
+            return RowFault(
+                LENGTH_MISMATCH,
+                f"{len(tokens)} tokens in {spec.tokens_column!r} but {len(tags)} tags in "
+                f"{spec.tags_column!r}: {[str(t) for t in tokens][:8]}",
+            )
+        for number, tag in enumerate(tags, start=1):
+            fault = label_fault(tag, spec.tags_column, spec.labels)
+            if fault is not None:
+                return RowFault(fault.reason, f"{fault.message} (tag {number})")
+        return words_fit(load_tokenizer(model_path), list(tokens), spec.max_length)
 
     def preprocess(
         self,
@@ -110,8 +132,10 @@ class TokenClassification(Task):
         spec: TokenClassificationSpec,
         labels: LabelMap | None,
         trust_remote_code: bool = False,
+        *,
+        allow_pickle: bool = False,
     ) -> torch.nn.Module:
-        return self.load_with_head(model_path, labels, trust_remote_code)
+        return self.load_with_head(model_path, labels, trust_remote_code, allow_pickle=allow_pickle)
 
     # Statistics: one row [true positives, predicted, gold] per entity type, and a last
     # row [correct tokens, scored tokens, 0]. Counts add up across batches and workers.
@@ -259,6 +283,21 @@ def entity_metrics(stats: np.ndarray) -> dict[str, float]:
         "f1": f1,
         "token_accuracy": correct / scored if scored else 0.0,
     }
+
+
+def words_fit(tokenizer: Any, words: list[str], max_length: int) -> RowFault | None:
+    """``too_long`` when a row's words, cut into sub-word tokens with the model's special
+    tokens, exceed ``max_length``: truncation would cut words off, and their tags with them
+    (they would neither train nor be scored)."""
+    count = len(tokenizer(words, is_split_into_words=True, truncation=False)["input_ids"])
+    if count <= max_length:
+        return None
+    return RowFault(
+        TOO_LONG,
+        f"the {len(words)} words make {count} sub-word tokens (with the special tokens), more than "
+        f"task.max_length={max_length}: the words past the cut would lose their tags "
+        "(raise task.max_length, or split the sentence)",
+    )
 
 
 def _is_list(value: Any) -> bool:

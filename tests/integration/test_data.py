@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
+import json
+import re
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -82,7 +86,8 @@ def test_malformed_row_past_the_first_lines_names_the_file(tiny_bert, tmp_path):
     )
     path = tmp_path / "broken.jsonl"
     path.write_text(good + '{"text": "cut off\n')
-    with pytest.raises(DataError, match="broken.jsonl"):
+    # One line that does not parse is one bad row (not a file Ray cannot read), by its line.
+    with pytest.raises(DataError, match=r"broken.jsonl, line 121: not valid JSON .*\[bad_json\]"):
         prepare(spec_for(tiny_bert, tmp_path, {"train": str(path), "validation_fraction": 0.2}))
 
 
@@ -124,8 +129,8 @@ def test_an_unknown_chat_role_is_named_and_skip_mode_drops_and_counts_it(tiny_ll
     path = chat_rows_with_a_bad_one(tmp_path, 5, bad)
     with pytest.raises(DataError, match=r"chat.jsonl, line 5: turn 1 has role 'narrator'"):
         prepare(chat_spec(tiny_llama, path, tmp_path))
-    prepared = prepare(chat_spec(tiny_llama, path, tmp_path, bad_rows="skip"))
-    assert prepared.skipped == {"data.train": 1}
+    prepared = prepare(chat_spec(tiny_llama, path, tmp_path, on_bad_rows="skip"))
+    assert prepared.skipped == {"data.train": {"bad_conversation": 1}}
     assert prepared.train_rows + prepared.validation_rows == 80
     assert len(prepared.samples) == 3  # validation rows for the logged generations
 
@@ -174,3 +179,132 @@ def test_conll_files_are_read_as_sentences(tiny_bert, tmp_path):
     document["data"]["train"] = str(tmp_path / "broken.conll")
     with pytest.raises(DataError, match=r"broken.conll, line 2: expected a token and a tag"):
         prepare(validate(document))
+    # Skipping: the sentence holding the malformed line is one bad_line row; the others train.
+    (tmp_path / "mixed.conll").write_text(text + "good B-POS\nmovie\n\n")
+    document["data"].update(train=str(tmp_path / "mixed.conll"), on_bad_rows="skip")
+    prepared = prepare(validate(document))
+    assert prepared.skipped == {"data.train": {"bad_line": 1}} and prepared.train_rows == 30
+
+
+# -- data faults: data.on_bad_rows and data.max_bad_fraction ------------------------------
+# Past the first 100 lines (which validation peeks at), one line of each fault, each
+# followed by two good rows: 100 + 10 * 3 = 130 lines, 10 bad.
+FAULT_LINES = [
+    ('{"tokens": ["good", "movie"], "tags": ["O", "O"]', "bad_json"),  # cut off
+    ('["good", "movie"]', "bad_json"),  # valid JSON, not an object
+    ('{"tokens": ["good", "movie"]}', "missing_column"),
+    ('{"tokens": null, "tags": ["O"]}', "missing_column"),
+    ('{"tokens": 42, "tags": ["O"]}', "wrong_type"),  # a number where the other rows hold lists
+    ('{"tokens": ["good", "movie"], "tags": "O O"}', "wrong_type"),
+    ('{"tokens": [], "tags": []}', "empty_text"),
+    (json.dumps({"tokens": ["good"] * 20, "tags": ["O"] * 20}), "too_long"),  # 22 sub-words > 16
+    ('{"tokens": ["good", "movie"], "tags": ["O"]}', "length_mismatch"),
+    ('{"tokens": ["good"], "tags": ["B-XYZ"]}', "bad_label"),  # not in task.labels
+]
+FAULT_COUNTS = {
+    "bad_json": 2,
+    "bad_label": 1,
+    "empty_text": 1,
+    "length_mismatch": 1,
+    "missing_column": 2,
+    "too_long": 1,
+    "wrong_type": 2,
+}
+
+
+def write_faults(path):
+    from raft.testing import toy_ner_rows
+
+    good = iter(json.dumps(row) for row in toy_ner_rows(120, seed=4))
+    lines = [next(good) for _ in range(100)]
+    for line, _ in FAULT_LINES:
+        lines += [line, next(good), next(good)]
+    text = "\n".join(lines) + "\n"
+    if path.suffix == ".gz":
+        path.write_bytes(gzip.compress(text.encode()))
+    else:
+        path.write_text(text)
+    return path
+
+
+def ner_spec(tiny_bert, tmp_path, train, validation, **data):
+    document = base_spec(tiny_bert, {"train": str(train), "validation": str(validation)}, tmp_path)
+    document["task"] = {"type": "token_classification", "max_length": 16, "labels": ["O", "B-POS", "B-NEG"]}
+    document["data"].update(data)
+    return validate(document)
+
+
+def test_error_mode_names_the_first_bad_line_its_reason_and_all_counts(tiny_bert, tmp_path):
+    path = write_faults(tmp_path / "faults.jsonl")
+    with pytest.raises(DataError) as error:
+        prepare(ner_spec(tiny_bert, tmp_path, path, path))
+    message = str(error.value)
+    assert re.search(r"^data.train \S*faults.jsonl, line 101: not valid JSON \(.*\) \[bad_json\]", message), (
+        message
+    )
+    assert (
+        "(10 bad rows in all: 2 bad_json, 2 missing_column, 2 wrong_type, 1 bad_label, 1 empty_text, "
+        "1 length_mismatch, 1 too_long)" in message
+    )
+    assert "data.on_bad_rows: skip" in message
+
+
+def test_skip_mode_counts_every_reason_per_role_and_trains_on_the_rest(tiny_bert, tmp_path, capsys):
+    from raft.train import prepare_data
+
+    train = write_faults(tmp_path / "faults.jsonl")
+    validation = write_faults(tmp_path / "faults.jsonl.gz")  # gzip: the same rows, the same lines
+    prepared = prepare_data(
+        ner_spec(tiny_bert, tmp_path, train, validation, on_bad_rows="skip", max_bad_fraction=0.1)
+    )
+    assert prepared.skipped == {"data.train": FAULT_COUNTS, "data.validation": FAULT_COUNTS}
+    assert (prepared.train_rows, prepared.validation_rows) == (120, 120)
+    # The bad rows are gone from what the workers read, and every good row is preprocessed.
+    features = prepared.train.take_all()
+    assert len(features) == 120 and all(len(f["input_ids"]) == 16 for f in features)
+    assert len(prepared.validation.take_all()) == 120
+    printed = capsys.readouterr().out
+    assert (
+        "[raft] data.train: skipped 10 bad rows (data.on_bad_rows: skip): 2 bad_json, 2 missing_column, "
+        "2 wrong_type, 1 bad_label, 1 empty_text, 1 length_mismatch, 1 too_long" in printed
+    )
+
+
+def test_too_many_bad_rows_stop_the_run_with_the_counts(tiny_bert, tmp_path):
+    path = write_faults(tmp_path / "faults.jsonl")
+    with pytest.raises(DataError) as error:  # 10 of 130 rows (7.7%) > the default 5%
+        prepare(ner_spec(tiny_bert, tmp_path, path, path, on_bad_rows="skip"))
+    message = str(error.value)
+    assert re.search(
+        r"^data.train '\S*faults.jsonl': 10 of 130 rows are bad \(7.7%\), more than "
+        r"data.max_bad_fraction=0.05: 2 bad_json, 2 missing_column, 2 wrong_type, 1 bad_label, "
+        r"1 empty_text, 1 length_mismatch, 1 too_long\. The first: \S*faults.jsonl, line 101: not valid JSON",
+        message,
+    ), message
+
+
+def test_wrong_label_and_text_types_in_jsonl_and_csv_are_rows_not_crashes(tiny_bert, tmp_path):
+    rows = [json.dumps(r) for r in toy_sentiment_rows(110, seed=3, label_type="int")]
+    rows[104] = '{"text": 7, "label": 1}'  # a number among strings: no Arrow schema clash
+    rows[105] = '{"text": "good film", "label": [1]}'
+    rows[106] = '{"text": "good film", "label": 0.5}'
+    rows[107] = '{"text": "good film", "label": "positive"}'  # a name among ids: usable
+    path = tmp_path / "mixed.jsonl"
+    path.write_text("\n".join(rows) + "\n")
+    spec = spec_for(tiny_bert, tmp_path, {"train": str(path), "validation": str(path)})
+    with pytest.raises(
+        DataError, match=r"mixed.jsonl, line 105: column 'text' must hold text, got int 7 \[wrong_type\]"
+    ):
+        prepare(spec)
+    skipping = spec_for(
+        tiny_bert, tmp_path, {"train": str(path), "validation": str(path), "on_bad_rows": "skip"}
+    )
+    prepared = prepare(skipping)
+    assert prepared.skipped["data.train"] == {"wrong_type": 3} and prepared.train_rows == 107
+    assert prepared.labels.names == ("0", "1", "positive")
+    assert len(prepared.train.take_all()) == 107
+    # csv: an empty cell of an integer column is null, found by the row check and located by row.
+    csv_path = tmp_path / "labels.csv"
+    csv_path.write_text("text,label\n" + "good film,1\nbad film,0\n" * 30 + "fine film,\n")
+    with pytest.raises(DataError, match=r"labels.csv, row 61: column 'label' is empty \[missing_column\]"):
+        prepare(spec_for(tiny_bert, tmp_path, {"train": str(csv_path), "validation": str(csv_path)}))

@@ -84,6 +84,7 @@ def test_a_corrupt_image_is_named(tmp_path):
     spec = spec_for(model, train, train, tmp_path)
     with pytest.raises(DataError, match=r"vertical/broken.png: column 'image': cannot be read as an image"):
         prepare(spec)
-    skipping = spec.model_copy(update={"data": spec.data.model_copy(update={"bad_rows": "skip"})})
-    prepared = prepare(skipping)
-    assert prepared.skipped == {"data.train": 1, "data.validation": 1} and prepared.train_rows == 20
+    skipping = spec.model_copy(update={"data": spec.data.model_copy(update={"on_bad_rows": "skip"})})
+    prepared = prepare(skipping)  # 1 bad image in 21 (4.8%): within data.max_bad_fraction's 5%
+    assert prepared.skipped == {"data.train": {"bad_media": 1}, "data.validation": {"bad_media": 1}}
+    assert prepared.train_rows == 20

@@ -93,6 +93,9 @@ def test_a_corrupt_or_empty_clip_is_named(tmp_path):
     spec = spec_for(model, data, data, tmp_path)
     with pytest.raises(DataError, match=r"train.jsonl, line 13: column 'audio': cannot be read as audio"):
         prepare(spec)
-    skipping = spec.model_copy(update={"data": spec.data.model_copy(update={"bad_rows": "skip"})})
+    # 1 bad clip in 13 rows (7.7%) is over the default data.max_bad_fraction of 5%.
+    update = {"on_bad_rows": "skip", "max_bad_fraction": 0.1}
+    skipping = spec.model_copy(update={"data": spec.data.model_copy(update=update)})
     prepared = prepare(skipping)
-    assert prepared.skipped == {"data.train": 1, "data.validation": 1} and prepared.train_rows == 12
+    assert prepared.skipped == {"data.train": {"bad_media": 1}, "data.validation": {"bad_media": 1}}
+    assert prepared.train_rows == 12

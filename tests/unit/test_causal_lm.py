@@ -12,7 +12,7 @@ from raft.tasks.causal_lm import (
     CausalLm,
     CausalLmSpec,
     chat_segments,
-    conversation_problem,
+    conversation_fault,
     pack_blocks,
     token_stats,
 )
@@ -138,17 +138,55 @@ def test_spec_refuses_a_template_that_is_not_jinja():
 
 
 @pytest.mark.parametrize(
-    ("messages", "problem"),
+    ("messages", "reason", "problem"),
     [
-        ([{"role": "user", "content": "hi"}], "no assistant turn"),
-        ([{"role": "narrator", "content": "hi"}, {"role": "assistant", "content": "x"}], "role 'narrator'"),
-        ([], "empty conversation"),
-        ("hello", "must be a list"),
-        ([{"role": "user"}], "not a {role, content} object"),
+        ([{"role": "user", "content": "hi"}], "bad_conversation", "no assistant turn"),
+        (
+            [{"role": "narrator", "content": "hi"}, {"role": "assistant", "content": "x"}],
+            "bad_conversation",
+            "role 'narrator'",
+        ),
+        ([], "bad_conversation", "empty conversation"),
+        ("hello", "wrong_type", "must be a list"),
+        ([{"role": "user"}], "bad_conversation", "not a {role, content} object"),
+        (["hi"], "wrong_type", "not a {role, content} object"),
+        ([{"role": "assistant", "content": ["a", "b"]}], "wrong_type", "content must be text, got list"),
+        ([{"role": "user", "content": "x"}, {"role": "assistant", "content": " "}], "empty_text", "blank"),
     ],
 )
-def test_bad_conversations_are_named(messages, problem):
-    assert problem in conversation_problem(messages, ["system", "user", "assistant"])
+def test_bad_conversations_are_named(messages, reason, problem):
+    fault = conversation_fault(messages, ["system", "user", "assistant"])
+    assert fault.reason == reason and problem in fault.message
+
+
+def test_causal_rows_that_cannot_fit_are_too_long(model_dir):
+    from raft.tasks.base import load_tokenizer
+
+    # prompt_completion: a completion that fills max_length by itself keeps no prompt token.
+    spec = CausalLmSpec(format="prompt_completion", max_length=8)
+    completion = " positive"
+    size = len(load_tokenizer(model_dir)(completion, add_special_tokens=False)["input_ids"]) + 1  # + EOS
+    fits = CausalLmSpec(format="prompt_completion", max_length=size + 1)
+    tight = CausalLmSpec(format="prompt_completion", max_length=size)
+    row = {"prompt": "a long review " * 20, "completion": completion}
+    assert TASK.row_fault(row, fits, model_dir) is None  # the prompt is cut from the left
+    fault = TASK.row_fault(row, tight, model_dir)
+    assert fault.reason == "too_long" and f"take {size} tokens" in fault.message
+    assert TASK.row_fault({"prompt": 3, "completion": "x"}, spec, model_dir).reason == "wrong_type"
+    assert TASK.row_fault({"prompt": "p"}, spec, model_dir).reason == "missing_column"
+    # chat: the first assistant token must fall within max_length.
+    long_user = [
+        {"role": "user", "content": "the movie was good " * 30},
+        {"role": "assistant", "content": "yes"},
+    ]
+    chat = CausalLmSpec(format="chat", max_length=48)
+    fault = TASK.row_fault({"messages": long_user}, chat, model_dir)
+    assert fault.reason == "too_long" and "beyond task.max_length=48" in fault.message
+    assert TASK.row_fault({"messages": CHAT}, chat, model_dir) is None
+    assert (
+        TASK.row_fault({"messages": long_user}, CausalLmSpec(format="chat", max_length=4096), model_dir)
+        is None
+    )
 
 
 def test_row_problem_catches_roles_the_template_refuses(model_dir):

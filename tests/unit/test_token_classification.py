@@ -101,10 +101,35 @@ def test_row_problem_names_a_token_tag_count_mismatch():
     from raft.tasks.token_classification import TokenClassification, TokenClassificationSpec
 
     task, spec = TokenClassification(), TokenClassificationSpec()
-    assert task.row_problem({"tokens": ["a", "b"], "tags": ["O", "O"]}, spec, "") is None
-    problem = task.row_problem({"tokens": ["a", "b", "c"], "tags": ["O"]}, spec, "")
+    assert task.row_problem({"tokens": ["a", "b"], "tags": ["O", "O"]}, spec, MINILM) is None
+    problem = task.row_problem({"tokens": ["a", "b", "c"], "tags": ["O"]}, spec, MINILM)
     assert "3 tokens in 'tokens' but 1 tags in 'tags'" in problem
-    assert "must hold a list" in task.row_problem({"tokens": "a b", "tags": ["O"]}, spec, "")
+    assert "must hold a list" in task.row_problem({"tokens": "a b", "tags": ["O"]}, spec, MINILM)
+
+
+def test_token_rows_are_classified_by_reason():
+    spec = TokenClassificationSpec(max_length=8, labels=["O", "B-PER"])
+
+    def reason(row):
+        fault = TASK.row_fault(row, spec, MINILM)
+        return fault and fault.reason
+
+    assert reason({"tokens": ["alice", "runs"], "tags": ["B-PER", "O"]}) is None
+    assert reason({"tokens": ["alice"]}) == "missing_column"
+    assert reason({"tokens": ["alice"], "tags": None}) == "missing_column"
+    assert reason({"tokens": ["alice", 3], "tags": ["O", "O"]}) == "wrong_type"
+    assert reason({"tokens": ["alice"], "tags": "O"}) == "wrong_type"
+    assert reason({"tokens": ["alice"], "tags": [["O"]]}) == "wrong_type"
+    assert reason({"tokens": ["alice", " "], "tags": ["O", "O"]}) == "empty_text"
+    assert reason({"tokens": [], "tags": []}) == "empty_text"
+    assert reason({"tokens": ["alice", "runs"], "tags": ["O"]}) == "length_mismatch"
+    assert reason({"tokens": ["alice"], "tags": ["B-LOC"]}) == "bad_label"  # not in task.labels
+    # [CLS] + 7 one-piece words + [SEP] = 9 sub-word tokens > max_length 8: the last word
+    # would lose its tag. 6 words (8 tokens) fit exactly.
+    assert reason({"tokens": ["the"] * 7, "tags": ["O"] * 7}) == "too_long"
+    assert reason({"tokens": ["the"] * 6, "tags": ["O"] * 6}) is None
+    message = TASK.row_problem({"tokens": ["the"] * 7, "tags": ["O"] * 7}, spec, MINILM)
+    assert "7 words make 9 sub-word tokens" in message and "task.max_length=8" in message
 
 
 def test_conll_text_becomes_sentences_of_tokens_and_last_column_tags():
@@ -117,6 +142,17 @@ def test_conll_text_becomes_sentences_of_tokens_and_last_column_tags():
     ]
     with pytest.raises(ValueError, match=r"x.conll, line 2: expected a token and a tag"):
         parse_conll("EU B-ORG\nlonely\n", "x.conll")
+
+
+def test_conll_records_go_on_past_a_malformed_line():
+    from raft.sources import FAULT_COLUMN, conll_records, record_row
+
+    text = "EU B-ORG\nlonely\nrejects O\n\nPeter B-PER\n"
+    bad, good = conll_records(text)
+    assert (bad["line"], bad[FAULT_COLUMN]) == (2, "bad_line")  # the malformed line's number
+    row, fault = record_row(bad)
+    assert row is None and fault.reason == "bad_line" and "got 'lonely'" in fault.message
+    assert record_row(good) == ({"tokens": ["Peter"], "tags": ["B-PER"], "line": 5}, None)
 
 
 def _words(text: str) -> list[tuple[str, int, int]]:
