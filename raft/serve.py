@@ -16,7 +16,12 @@ ingress:
 - causal LMs also answer OpenAI's ``/v1/completions`` and ``/v1/chat/completions`` (with
   streaming), so the ``openai`` client works unchanged; ``/v1/models`` lists the model and
   its adapters;
-- ``/healthz`` and ``/stats`` (model calls by batch size, adapters loaded).
+- ``/healthz`` (503 while the replica is unfit) and ``/stats`` (the replica that answers, its
+  model calls by batch size, adapters loaded, model calls in a row that failed).
+
+Serve health-checks every replica (``check_health``, every ``serve.health_check_period_s``)
+and replaces one that dies, hangs past ``serve.health_check_timeout_s`` or has had
+``serve.unhealthy_after_failures`` model calls in a row fail.
 
 Requests that arrive together are run through the model as one batch (``@serve.batch``,
 sized by ``serve.batching``), grouped by adapter and options. Adapters under
@@ -31,6 +36,7 @@ OpenAI ``model`` of ``<name>:<adapter>``.
 # function carries, which hold only names its body uses (UploadFile would be missing).
 import asyncio
 import json
+import sys
 import threading
 import time
 import uuid
@@ -88,9 +94,11 @@ class Predictor:
         if torch.cuda.is_available():  # the replica holds a GPU (serve.num_gpus)
             self.model.to("cuda")
         self.task = registry.get_task(self.spec.task.type)
-        from peft import PeftModel
-
-        self.is_adapter = isinstance(self.model, PeftModel)  # an adapter export over its base
+        # An adapter export over its base. A peft model means peft is imported already; a full
+        # model's replica skips importing it (seconds of every replica's start, and so of
+        # replacing a dead one).
+        peft = sys.modules.get("peft")
+        self.is_adapter = peft is not None and isinstance(self.model, peft.PeftModel)
         # The run's name (runs/<name>/model), as /v1/models lists it.
         self.name = self.spec.output.name or Path(model_dir).resolve().parent.name
         self.adapters_dir = settings.adapters_dir
@@ -101,6 +109,7 @@ class Predictor:
         self._adapter_names = 0
         self._checked: dict[str, tuple[Any, str | None]] = {}  # adapter id → (spec file stamp, problem)
         self.batch_sizes: Counter[int] = Counter()  # how many requests each model call took
+        self.model_health = serving.ModelHealth(settings.unhealthy_after_failures)
         self._batched.set_max_batch_size(settings.batching.max_batch_size)
         self._batched.set_batch_wait_timeout_s(settings.batching.batch_wait_timeout_s)
 
@@ -125,9 +134,14 @@ class Predictor:
             await asyncio.to_thread(self.model_lock.acquire)
             try:
                 self._activate(adapter)
-                results = self.task.predict(
-                    self.model, self.model_dir, self.spec.task, inputs, **json.loads(options)
-                )
+                try:
+                    results = self.task.predict(
+                        self.model, self.model_dir, self.spec.task, inputs, **json.loads(options)
+                    )
+                except Exception as error:  # these requests fail (500); enough in a row: unfit
+                    self.model_health.record(error)
+                    raise
+                self.model_health.record(None)
             finally:
                 self.model_lock.release()
             for i, result in zip(indices, results, strict=True):
@@ -369,18 +383,36 @@ class Predictor:
 
     @api.get("/stats")
     async def stats(self) -> dict[str, Any]:
-        """Model calls by batch size since this replica started, and the adapters loaded."""
+        """The replica that answers (Serve's id, as its logs name it), its model calls by
+        batch size since it started, the adapters loaded and the model calls in a row that
+        failed."""
         loaded = []
         if self.is_adapter:
             loaded = sorted(name for name in self.model.peft_config if name != "default")
         return {
+            "replica": serve.get_replica_context().replica_id.unique_id,
             "batches": {str(size): count for size, count in sorted(self.batch_sizes.items())},
             "adapters_loaded": len(loaded),
+            "failed_model_calls_in_a_row": self.model_health.failures,
         }
 
     @api.get("/healthz")
     async def health(self) -> dict[str, str]:
+        """This replica's health: 503 naming the problem while it is unfit to serve."""
+        problem = self.model_health.problem()
+        if problem:
+            raise HTTPException(status_code=503, detail=f"unhealthy: {problem}")
         return {"status": "ok", "task": self.task.name}
+
+    async def check_health(self) -> None:
+        """Serve calls this every ``serve.health_check_period_s``, between model calls (on
+        the replica's event loop): an error here, or no answer within
+        ``serve.health_check_timeout_s``, three times in a row, and Serve replaces the
+        replica. It fails once ``serve.unhealthy_after_failures`` model calls in a row
+        raised (a broken device or model keeps failing every request it takes)."""
+        problem = self.model_health.problem()
+        if problem:
+            raise RuntimeError(f"replica unfit to serve: {problem}")
 
 
 class ServeError(ValueError):

@@ -7,7 +7,10 @@ request ids, and the Serve config file that ``raft serve --build`` writes. No Ra
       num_cpus: 1                     # per replica
       max_ongoing_requests: 32        # per replica; more wait in its queue
       max_queued_requests: 64         # beyond that a request is refused with 503
-      request_timeout_s: 30
+      request_timeout_s: 30           # a request still running after this gets 408
+      health_check_period_s: 10       # Serve asks each replica if it is fit this often...
+      health_check_timeout_s: 30      # ...and replaces it after 3 checks in a row fail or time out
+      unhealthy_after_failures: 3     # model calls in a row that failed make a replica unfit
       batching: {max_batch_size: 16, batch_wait_timeout_s: 0.005}
       max_adapters_per_replica: 4     # LoRA adapters kept loaded over one base model (LRU)
 """
@@ -83,6 +86,23 @@ class ServeSection(SectionModel):
         64, description="Requests waiting for a replica; beyond this Serve answers 503 at once."
     )
     request_timeout_s: PositiveFloat = Field(30.0, description="A request still running after this gets 408.")
+    health_check_period_s: PositiveFloat = Field(
+        10.0,
+        description="How often Serve asks each replica whether it is fit to serve; a replica that fails "
+        "3 checks in a row (an error or no answer) is stopped and replaced.",
+    )
+    health_check_timeout_s: PositiveFloat = Field(
+        30.0,
+        description="A health check not answered within this fails (a hung or frozen replica). Serve runs "
+        "the check between model calls, so one model call longer than about 3 times this (a huge "
+        "generation) gets its replica replaced: keep it at least request_timeout_s / 3.",
+    )
+    unhealthy_after_failures: PositiveInt = Field(
+        3,
+        description="Model calls in a row that failed with an internal error (a broken device or model; "
+        "an input or option the model refuses does not count) after which the replica's health check "
+        "fails and Serve replaces it.",
+    )
     batching: BatchingSection = Field(default_factory=BatchingSection, description="Dynamic batching.")
     max_adapters_per_replica: PositiveInt = Field(
         4,
@@ -188,12 +208,45 @@ class LoadedAdapter:
             unload(self.name)
 
 
+class ModelHealth:
+    """Whether a replica is fit to serve, from its own model calls: unfit once ``limit``
+    calls in a row failed. Inputs are checked before they reach the model, so a call that
+    raises is the replica's fault (a broken device, a corrupted model: RuntimeError, out of
+    memory...), except a ValueError, which is how raft and transformers refuse an input or
+    an option: that says nothing about the replica either way. One call that succeeds makes
+    the replica fit again. Serve's health check asks :meth:`problem` and replaces the
+    replica while it names one."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.failures = 0  # model calls in a row that failed
+        self.last_error: str | None = None
+
+    def record(self, error: BaseException | None) -> None:
+        """One model call's outcome: None when it answered, else what it raised."""
+        if error is None:
+            self.failures, self.last_error = 0, None
+        elif not isinstance(error, ValueError):
+            self.failures += 1
+            self.last_error = f"{type(error).__name__}: {error}"
+
+    def problem(self) -> str | None:
+        """Why the replica is unfit to serve (None: it is fit)."""
+        if self.failures < self.limit:
+            return None
+        if self.failures == 1:
+            return f"its last model call failed with {self.last_error}"
+        return f"its last {self.failures} model calls failed, the last with {self.last_error}"
+
+
 def deployment_options(section: ServeSection) -> dict[str, Any]:
     """The Predictor deployment's Serve options (as ``@serve.deployment`` takes them)."""
     options: dict[str, Any] = {
         "max_ongoing_requests": section.max_ongoing_requests,
         "max_queued_requests": section.max_queued_requests,
         "ray_actor_options": {"num_cpus": section.num_cpus, "num_gpus": section.num_gpus},
+        "health_check_period_s": section.health_check_period_s,
+        "health_check_timeout_s": section.health_check_timeout_s,
         "logging_config": logging_config(section),
     }
     if section.autoscaling is not None:

@@ -28,9 +28,12 @@ def test_defaults_give_one_replica_with_batching():
         "max_ongoing_requests": 32,
         "max_queued_requests": 64,
         "ray_actor_options": {"num_cpus": 1.0, "num_gpus": 0.0},
+        "health_check_period_s": 10.0,  # Serve's own defaults
+        "health_check_timeout_s": 30.0,
         "logging_config": {"enable_access_log": True},
         "num_replicas": 1,
     }
+    assert spec.serve.unhealthy_after_failures == 3
     assert spec.serve.batching.max_batch_size == 16
     assert "serve" not in yaml.safe_load(dump_spec(validate(BASE)))  # absent stays absent
     assert validate(yaml.safe_load(dump_spec(spec))) == spec
@@ -60,6 +63,9 @@ def test_autoscaling_replaces_a_fixed_replica_count():
         ({"route_prefix": "api"}, "route_prefix 'api' must start with '/'"),
         ({"batching": {"max_batch_size": 0}}, "serve.batching.max_batch_size"),
         ({"replicas": 2}, "serve.replicas"),  # a misspelt key is an error, not ignored
+        ({"health_check_timeout_s": 0}, "serve.health_check_timeout_s"),
+        ({"health_check_period_s": -1}, "serve.health_check_period_s"),
+        ({"unhealthy_after_failures": 0}, "serve.unhealthy_after_failures"),
     ],
 )
 def test_bad_serve_sections_are_refused_by_key(serve, expected):
@@ -104,6 +110,8 @@ def test_the_built_config_is_a_valid_ray_serve_config():
                 "host": "0.0.0.0",
                 "port": 8080,
                 "request_timeout_s": 10,
+                "health_check_period_s": 2,
+                "health_check_timeout_s": 5,
             },
         }
     )
@@ -116,6 +124,7 @@ def test_the_built_config_is_a_valid_ray_serve_config():
     (deployment,) = app.deployments
     assert deployment.name == "Predictor" and deployment.autoscaling_config["max_replicas"] == 4
     assert deployment.ray_actor_options.num_cpus == 2
+    assert (deployment.health_check_period_s, deployment.health_check_timeout_s) == (2, 5)
     assert parsed.http_options.port == 8080 and parsed.http_options.request_timeout_s == 10
 
 
@@ -276,3 +285,38 @@ def test_openai_responses_and_stream_chunks_have_openais_shape():
     assert chunk["object"] == "chat.completion.chunk" and chunk["choices"][0]["delta"] == {"content": "hel"}
     last = json.loads(serving.stream_chunk("c-1", "m", 7, False, None, "length")[len("data: ") :])
     assert last["choices"][0] == {"index": 0, "text": "", "finish_reason": "length", "logprobs": None}
+
+
+def test_a_replica_is_unfit_after_enough_failed_model_calls_in_a_row_and_fit_after_one_success():
+    health = serving.ModelHealth(limit=3)
+    assert health.problem() is None  # a fresh replica is fit
+    health.record(RuntimeError("CUDA error: an illegal memory access was encountered"))
+    health.record(RuntimeError("CUDA error: an illegal memory access was encountered"))
+    assert health.problem() is None  # two in a row: still fit
+    health.record(None)  # a call that answered resets the count
+    for _ in range(2):
+        health.record(RuntimeError("boom"))
+    assert health.problem() is None
+    health.record(MemoryError("out of memory"))
+    assert health.problem() == "its last 3 model calls failed, the last with MemoryError: out of memory"
+    health.record(RuntimeError("again"))
+    assert health.problem() == "its last 4 model calls failed, the last with RuntimeError: again"
+    health.record(None)
+    assert health.problem() is None and health.failures == 0
+    strict = serving.ModelHealth(limit=1)
+    strict.record(TypeError("x"))
+    assert strict.problem() == "its last model call failed with TypeError: x"
+
+
+def test_a_refused_input_neither_counts_against_a_replica_nor_for_it():
+    # A ValueError is an input or option the model refuses (a client's, not the replica's):
+    # a client sending it again and again cannot get a replica replaced...
+    health = serving.ModelHealth(limit=2)
+    for _ in range(5):
+        health.record(ValueError("`temperature` must be strictly positive"))
+    assert health.problem() is None and health.failures == 0
+    # ...nor does it break a run of real failures.
+    health.record(RuntimeError("CUDA error"))
+    health.record(ValueError("bad option"))
+    health.record(RuntimeError("CUDA error"))
+    assert health.problem() == "its last 2 model calls failed, the last with RuntimeError: CUDA error"
