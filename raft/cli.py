@@ -21,6 +21,7 @@ from pathlib import Path
 import click
 
 from raft import registry
+from raft.resources import workers_text
 from raft.spec import SpecError, load_spec
 
 # Bad input exits 2 with one message; a run that fails in training exits 1.
@@ -51,13 +52,18 @@ def main() -> None:
 def validate(spec_file: str, overrides: tuple[str, ...]) -> None:
     """Check SPEC_FILE (with key=value OVERRIDES) without running anything."""
     from raft.sources import DataError
-    from raft.train import RunError, preflight
+    from raft.train import RunError, finished_model, preflight
 
     spec = _load(spec_file, overrides)
     try:
         spec = preflight(spec)
     except (DataError, RunError) as error:
         _fail(str(error))
+    done = finished_model(spec)
+    if done is not None:
+        click.echo(
+            f"[raft] run {spec.run_name!r} already finished (its model is at {done}): raft train will not train it again"
+        )
     search = ""
     if spec.tune is not None:
         search = (
@@ -66,7 +72,7 @@ def validate(spec_file: str, overrides: tuple[str, ...]) -> None:
         )
     click.echo(
         f"{spec_file}: valid · {spec.task.type} · {spec.technique.type} · "
-        f"{spec.scaling.num_workers} workers · ZeRO {spec.deepspeed.zero_stage}{search}"
+        f"{workers_text(spec)} workers · ZeRO {spec.deepspeed.zero_stage}{search}"
     )
 
 
@@ -93,6 +99,8 @@ def train(spec_file: str, overrides: tuple[str, ...], address: str | None, verbo
     except TrainingFailed as error:
         _fail(str(error), code=1)
     summary = outcome.summary
+    if summary.get("already_finished"):
+        return
     metric = summary["primary_metric"]
     click.echo("")
     click.secho(f"[raft] finished run {summary['run']}", bold=True)

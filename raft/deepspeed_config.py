@@ -26,11 +26,17 @@ def resolve_precision(precision: str, use_gpu: bool, bf16_supported: bool) -> st
     return "bf16" if use_gpu and bf16_supported else "fp32"
 
 
-def build_deepspeed_config(spec: Any, precision: str) -> dict[str, Any]:
-    """The DeepSpeed config for one run (per-worker micro batch, ZeRO stage, offload...)."""
+def build_deepspeed_config(spec: Any, precision: str, world_size: int | None = None) -> dict[str, Any]:
+    """The DeepSpeed config for one run (per-worker micro batch, ZeRO stage, offload...).
+    ``world_size``: the workers actually running (an elastic run's may be below its most)."""
     ds = spec.deepspeed
     train = spec.train
+    world_size = world_size or spec.scaling.max_workers
     zero: dict[str, Any] = {"stage": ds.zero_stage}
+    if spec.scaling.elastic and ds.zero_stage in (1, 2):
+        # Lets a ZeRO-1/2 checkpoint's partitioned optimizer state load into another
+        # number of workers (an elastic run that lost or regained some).
+        zero["elastic_checkpoint"] = True
     if ds.zero_stage >= 2:
         # Contiguous gradients avoid fragmentation. Overlapping the reduction with the
         # backward pass needs CUDA streams; on CPU (gloo) it buys nothing and DeepSpeed's
@@ -47,7 +53,7 @@ def build_deepspeed_config(spec: Any, precision: str) -> dict[str, Any]:
     config: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": train.batch_size,
         "gradient_accumulation_steps": train.gradient_accumulation_steps,
-        "train_batch_size": train.batch_size * train.gradient_accumulation_steps * spec.scaling.num_workers,
+        "train_batch_size": train.batch_size * train.gradient_accumulation_steps * world_size,
         "zero_optimization": zero,
         "bf16": {"enabled": precision == "bf16"},
         "fp16": {"enabled": precision == "fp16"},

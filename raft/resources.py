@@ -21,14 +21,20 @@ from typing import Any
 DATA_CPUS = 2
 
 
-def train_cpus(spec: Any) -> float:
-    return spec.scaling.num_workers * spec.scaling.cpus_per_worker
+def train_cpus(spec: Any, workers: int | None = None) -> float:
+    return (workers or spec.scaling.max_workers) * spec.scaling.cpus_per_worker
 
 
-def required_cpus(spec: Any, concurrent_runs: int = 1) -> float:
+def required_cpus(spec: Any, concurrent_runs: int = 1, workers: int | None = None) -> float:
     """Logical CPUs a run needs: its workers (times the trials a search runs at once) plus
-    room for the data pipeline, which the concurrent trials share."""
-    return concurrent_runs * train_cpus(spec) + max(DATA_CPUS, spec.data.cpus_per_task)
+    room for the data pipeline, which the concurrent trials share. An elastic run needs
+    room for its minimum to start; a local cluster is sized for its maximum."""
+    return concurrent_runs * train_cpus(spec, workers) + max(DATA_CPUS, spec.data.cpus_per_task)
+
+
+def workers_text(spec: Any) -> str:
+    workers = spec.scaling.num_workers
+    return f"[{workers[0]}, {workers[1]}]" if spec.scaling.elastic else str(workers)
 
 
 # Ray kills a worker process once it has idled for a second while more idle workers exist
@@ -54,18 +60,20 @@ def resource_problems(spec: Any, available: dict[str, float], concurrent_runs: i
     problems = []
     cpus = available.get("CPU", 0.0)
     trials = f"{concurrent_runs} concurrent trials × " if concurrent_runs > 1 else ""
-    if cpus < required_cpus(spec, concurrent_runs):
+    least = spec.scaling.min_workers
+    needed_cpus = required_cpus(spec, concurrent_runs, least)
+    if cpus < needed_cpus:
         problems.append(
-            f"the cluster has {cpus:g} CPUs; {trials}scaling.num_workers={spec.scaling.num_workers} × "
+            f"the cluster has {cpus:g} CPUs; {trials}scaling.num_workers={workers_text(spec)} × "
             f"cpus_per_worker={spec.scaling.cpus_per_worker:g} plus {max(DATA_CPUS, spec.data.cpus_per_task):g} "
-            f"for Ray Data needs {required_cpus(spec, concurrent_runs):g}"
+            f"for Ray Data needs {needed_cpus:g}"
         )
     if spec.scaling.use_gpu:
         gpus = available.get("GPU", 0.0)
-        needed = concurrent_runs * spec.scaling.num_workers
+        needed = concurrent_runs * least
         if gpus < needed:
             problems.append(
                 f"the cluster has {gpus:g} GPUs; {trials}scaling.use_gpu with num_workers="
-                f"{spec.scaling.num_workers} needs {needed}"
+                f"{workers_text(spec)} needs {needed}"
             )
     return problems

@@ -23,6 +23,7 @@ from pydantic import (
     PositiveInt,
     ValidationError,
     confloat,
+    field_validator,
     model_validator,
 )
 
@@ -60,6 +61,12 @@ class ModelSection(SectionModel):
     trust_remote_code: bool = Field(
         False, description="Allow the model folder's own Python code to run. Off by default."
     )
+    allow_pickle_weights: bool = Field(
+        False,
+        description="Allow a model folder that has only pickle-based weights (pytorch_model.bin). "
+        "Unpickling can run any code the file names, so raft loads safetensors only unless this "
+        "is on; turn it on only for folders you trust.",
+    )
 
 
 class DataSection(SectionModel):
@@ -94,10 +101,26 @@ class DataSection(SectionModel):
     shuffle_buffer: PositiveInt = Field(
         1000, description="Rows in the local shuffle buffer (shuffle: local)."
     )
-    bad_rows: Literal["error", "skip"] = Field(
+    on_bad_rows: Literal["error", "skip"] = Field(
         "error",
-        description="A row the task cannot use (no assistant turn, token/tag count mismatch, "
-        "empty target...): stop before training with its file and row, or skip and count it.",
+        description="A row the task cannot use: error stops before training, naming its file, line "
+        "or row and the reason; skip drops it and counts it per reason (summary.json's "
+        "skipped_rows). Reasons: bad_json (a jsonl line that does not parse or is not an object), "
+        "bad_line (a CoNLL line without token and tag), missing_column (absent or null), "
+        "wrong_type, empty_text, bad_label (outside task.labels, a negative id), length_mismatch "
+        "(tokens vs tags), bad_conversation, bad_media (an unreadable image or clip), too_long: a "
+        "row that cannot fit — token classification: its words' sub-word tokens exceed "
+        "task.max_length; causal_lm prompt_completion: the completion and EOS leave no room for a "
+        "prompt token; chat: no assistant token within task.max_length; speech: a clip longer "
+        "than the model's window; any family: a jsonl line or a cell over 32 MiB. Text that "
+        "families cut by design (classification, seq2seq, packed text) is not a fault.",
+    )
+    max_bad_fraction: confloat(ge=0.0, le=1.0) = Field(
+        0.05,
+        description="With on_bad_rows: skip, the largest share of a source's rows (data.train, "
+        "data.validation, each on its own) that may be bad; more stops the run before training "
+        "with the counts per reason. A few bad rows are noise; more usually means a systematic "
+        "fault (a wrong column, max_length too low, a broken export) that skipping would hide.",
     )
 
     @model_validator(mode="after")
@@ -151,7 +174,12 @@ class TrainSection(SectionModel):
 
 
 class ScalingSection(SectionModel):
-    num_workers: PositiveInt = Field(2, description="Ray Train workers (one process each).")
+    num_workers: PositiveInt | tuple[PositiveInt, PositiveInt] = Field(
+        2,
+        description="Ray Train workers (one process each). [min, max] makes the run elastic: it "
+        "starts with as many as the cluster has room for (at least min), goes on with fewer when "
+        "workers or nodes are lost, and grows back to max when capacity returns.",
+    )
     use_gpu: bool = Field(False, description="One GPU per worker and NCCL; CPU and gloo otherwise.")
     cpus_per_worker: PositiveFloat = Field(
         1.0, description="Logical CPUs each worker reserves; also its torch thread count."
@@ -162,8 +190,42 @@ class ScalingSection(SectionModel):
         "them on as many nodes as it can; PACK fills one node first.",
     )
     max_failures: NonNegativeInt = Field(
-        0, description="Restarts from the last checkpoint after a worker failure."
+        0,
+        description="Times the run may restart its workers from the last complete checkpoint after "
+        "a worker or node is lost (0: the first loss fails the run, naming the lost worker).",
     )
+
+    @field_validator("num_workers", mode="before")
+    @classmethod
+    def _count_or_range(cls, value: Any) -> Any:
+        """One clear message, instead of one per branch of the int | [min, max] union."""
+        if isinstance(value, bool):
+            raise ValueError(f"expected a number of workers or [min, max], got {value!r}")
+        if isinstance(value, int):
+            if value < 1:
+                raise ValueError(f"expected at least 1 worker, got {value}")
+            return value
+        if (
+            isinstance(value, (list, tuple))
+            and len(value) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)
+        ):
+            if value[0] > value[1]:
+                raise ValueError(f"[{value[0]}, {value[1]}]: min is above max")
+            return tuple(value)
+        raise ValueError(f"expected a number of workers (2) or [min, max] (e.g. [1, 4]), got {value!r}")
+
+    @property
+    def elastic(self) -> bool:
+        return isinstance(self.num_workers, tuple)
+
+    @property
+    def min_workers(self) -> int:
+        return self.num_workers[0] if self.elastic else self.num_workers
+
+    @property
+    def max_workers(self) -> int:
+        return self.num_workers[1] if self.elastic else self.num_workers
 
 
 class DeepSpeedSection(SectionModel):
@@ -252,6 +314,11 @@ def cross_section_problems(spec: Any) -> list[str]:
         )
     if spec.output.merge_adapter and not type(spec.technique).mergeable:
         problems.append(f"output.merge_adapter: technique {spec.technique.type} has no adapter to merge")
+    if spec.scaling.elastic and spec.deepspeed.zero_stage == 3:
+        problems.append(
+            "scaling.num_workers: an elastic [min, max] run needs deepspeed.zero_stage 0, 1 or 2 "
+            "(a ZeRO-3 checkpoint only loads into the number of workers that wrote it)"
+        )
     if spec.train.precision in ("bf16", "fp16") and not spec.scaling.use_gpu:
         problems.append(
             f"train.precision: {spec.train.precision} needs scaling.use_gpu: true (CPU trains in fp32)"
@@ -375,6 +442,48 @@ def dump_spec(spec: Any) -> str:
         if document.get(optional) is None:
             document.pop(optional, None)
     return yaml.safe_dump(document, sort_keys=False)
+
+
+# What a resumed run must share with the run that wrote its checkpoints: anything else
+# would load state into a different model, or continue over different data.
+RESUME_FIXED = (
+    "model",
+    "task",
+    "technique",
+    "data",
+    "deepspeed.zero_stage",
+    "train.seed",
+    "train.batch_size",
+    "train.gradient_accumulation_steps",
+)
+
+
+RESUME_FREE_DATA = ("cpus_per_task", "on_bad_rows", "max_bad_fraction")
+
+
+def resume_conflicts(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """The settings that differ between a run's saved spec and the spec resuming it (both
+    as ``dump_spec`` documents). More epochs, workers or checkpoints may change."""
+
+    def pick(document: dict[str, Any], dotted: str) -> Any:
+        node: Any = document
+        for key in dotted.split("."):
+            node = node.get(key) if isinstance(node, dict) else None
+        if dotted == "data" and isinstance(node, dict):  # how rows are checked may change
+            node = {k: v for k, v in node.items() if k not in RESUME_FREE_DATA}
+        return node
+
+    conflicts = []
+    for dotted in RESUME_FIXED:
+        before, after = pick(saved, dotted), pick(current, dotted)
+        if before == after:
+            continue
+        if isinstance(before, dict) and isinstance(after, dict):
+            keys = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+            conflicts += [f"{dotted}.{k}: {before.get(k)!r} → {after.get(k)!r}" for k in keys]
+        else:
+            conflicts.append(f"{dotted}: {before!r} → {after!r}")
+    return conflicts
 
 
 def reference_markdown() -> str:

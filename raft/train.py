@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from raft import data, registry, storage
+from raft import checkpoints, data, registry, storage
 from raft.cluster import connect
+from raft.failures import training_failure
 from raft.labels import LabelMap
 from raft.sources import DataError
 from raft.spec import dump_spec
@@ -73,10 +74,19 @@ def check_model_path(spec: Any) -> None:
         raise RunError(
             f"model.path {spec.model.path!r} has no config.json; is it a Hugging Face model folder?"
         )
-    if not any(path.glob("*.safetensors")):
+    if any(path.glob("*.safetensors")):
+        return
+    pickled = sorted(p.name for p in path.glob("*.bin"))
+    if not pickled:
+        raise RunError(f"model.path {spec.model.path!r} has no *.safetensors weights")
+    if not spec.model.allow_pickle_weights:
         raise RunError(
-            f"model.path {spec.model.path!r} has no *.safetensors weights (raft loads safetensors only)"
+            f"model.path {spec.model.path!r} has no *.safetensors weights, only pickle-based "
+            f"{', '.join(pickled)}, which can run code when loaded: raft loads safetensors only. "
+            "Convert the weights to safetensors, or set model.allow_pickle_weights: true for a "
+            "folder you trust"
         )
+    print(f"[raft] model.allow_pickle_weights: loading pickle-based {', '.join(pickled)}", flush=True)
 
 
 def check_inputs(spec: Any) -> Any:
@@ -95,20 +105,54 @@ def check_inputs(spec: Any) -> Any:
 def preflight(spec: Any) -> Any:
     """Every check that needs no cluster: returns the spec with resolved paths."""
     spec = check_inputs(spec)
-    model_dir = storage.join(run_dir_of(spec), MODEL_DIR)
-    if storage.exists(model_dir):
-        raise RunError(
-            f"run {spec.run_name!r} already finished: its model is at {model_dir}. "
-            "Choose another output.name to train again."
-        )
+    check_resumable(spec)
     return spec
 
 
+def finished_model(spec: Any) -> str | None:
+    """The exported model of a run that already finished (it is never trained again)."""
+    model_dir = storage.join(run_dir_of(spec), MODEL_DIR)
+    return model_dir if storage.exists(model_dir) else None
+
+
+def check_resumable(spec: Any) -> None:
+    """A run name that already has checkpoints resumes them: the model, task, technique,
+    data and batch layout must be the ones they were written with."""
+    saved = storage.join(run_dir_of(spec), "spec.yaml")
+    if finished_model(spec) or not storage.exists(saved):
+        return
+    import yaml
+
+    from raft.spec import resume_conflicts
+
+    conflicts = resume_conflicts(
+        yaml.safe_load(storage.read_text(saved)) or {}, yaml.safe_load(dump_spec(spec))
+    )
+    if conflicts:
+        raise RunError(
+            f"run {spec.run_name!r} exists at {run_dir_of(spec)} and would resume from its checkpoints, "
+            f"but the spec changed: {'; '.join(conflicts)}. Use another output.name for a new run, "
+            "or put these settings back to resume it."
+        )
+
+
 def fit(spec: Any, address: str | None = None, verbose: bool = False) -> TrainOutcome:
-    """Train ``spec`` on Ray and export the model; raises RunError/DataError on bad input."""
+    """Train ``spec`` on Ray and export the model; raises RunError/DataError on bad input.
+
+    Run names make runs restartable: the same name resumes the run's newest complete
+    checkpoint (after a killed driver, a lost cluster), and a run that already finished is
+    not trained again: its outcome is returned as it was."""
     started = time.perf_counter()
     spec = preflight(spec)
     run_dir = run_dir_of(spec)
+    done = finished_model(spec)
+    if done is not None:
+        print(
+            f"[raft] run {spec.run_name!r} already finished: its model is at {done}; not training it "
+            "again (choose another output.name for a new run)",
+            flush=True,
+        )
+        return finished_outcome(run_dir, done)
     with connect(spec, address, verbose=verbose):
         prepared = prepare_data(spec)
         storage.write_text(storage.join(run_dir, "spec.yaml"), dump_spec(spec))
@@ -117,11 +161,17 @@ def fit(spec: Any, address: str | None = None, verbose: bool = False) -> TrainOu
         try:
             result = trainer.fit()
         except Exception as error:
-            raise TrainingFailed(f"training failed: {error}") from error
+            raise TrainingFailed(training_failure(error, spec)) from error
         if result.error is not None:
-            raise TrainingFailed(f"training failed: {result.error}")
+            raise TrainingFailed(training_failure(result.error, spec))
         if result.checkpoint is None:
             raise TrainingFailed("training finished without a checkpoint; nothing to export")
+        damaged = checkpoints.problems(result.checkpoint.filesystem, result.checkpoint.path)
+        if damaged:
+            raise TrainingFailed(
+                f"the final checkpoint {result.checkpoint.path} is damaged ({'; '.join(damaged[:3])}); "
+                "run the same command again to resume from the newest complete checkpoint"
+            )
         model_dir = storage.join(run_dir, MODEL_DIR)
         export_checkpoint(result.checkpoint, spec, prepared.labels, model_dir)
 
@@ -133,16 +183,28 @@ def fit(spec: Any, address: str | None = None, verbose: bool = False) -> TrainOu
     return TrainOutcome(run_dir, model_dir, summary["history"], summary)
 
 
+def finished_outcome(run_dir: str, model_dir: str) -> TrainOutcome:
+    summary_path = storage.join(run_dir, "summary.json")
+    summary = json.loads(storage.read_text(summary_path)) if storage.exists(summary_path) else {}
+    summary.setdefault("history", [])
+    summary["already_finished"] = True
+    return TrainOutcome(run_dir, model_dir, summary["history"], summary)
+
+
 def prepare_data(spec: Any) -> data.PreparedData:
     """Ray Data's checked, sharded datasets for ``spec`` (bad rows are named here)."""
     prepared = data.prepare(spec)
-    if prepared.train_rows // spec.scaling.num_workers == 0:
+    if prepared.train_rows // spec.scaling.max_workers == 0:
         raise DataError(
-            f"data.train has {prepared.train_rows} rows, fewer than scaling.num_workers="
-            f"{spec.scaling.num_workers}"
+            f"data.train has {prepared.train_rows} rows, fewer than the {spec.scaling.max_workers} "
+            "workers scaling.num_workers asks for"
         )
-    for role, count in prepared.skipped.items():
-        print(f"[raft] {role}: skipped {count} bad rows (data.bad_rows: skip)", flush=True)
+    for role, counts in prepared.skipped.items():  # {role: {reason: count}}
+        print(
+            f"[raft] {role}: skipped {sum(counts.values())} bad rows (data.on_bad_rows: skip): "
+            f"{data.sources.describe_counts(counts)}",
+            flush=True,
+        )
     return prepared
 
 
@@ -171,12 +233,13 @@ def build_trainer(
         train_loop_config={
             "spec": spec.model_dump(mode="json"),
             "labels": list(prepared.labels.names) if prepared.labels else None,
-            "rows_per_worker": prepared.train_rows // spec.scaling.num_workers,
+            "train_rows": prepared.train_rows,
+            "skipped": prepared.skipped,
             "samples": prepared.samples,
             "start_from": start_from,
         },
         scaling_config=ScalingConfig(
-            num_workers=spec.scaling.num_workers,
+            num_workers=spec.scaling.num_workers,  # an int, or (min, max): elastic
             use_gpu=spec.scaling.use_gpu,
             resources_per_worker={"CPU": spec.scaling.cpus_per_worker}
             | ({"GPU": 1} if spec.scaling.use_gpu else {}),

@@ -22,7 +22,7 @@ import ray.train
 import torch
 import torch.distributed as dist
 
-from raft import registry
+from raft import checkpoints, registry
 from raft.deepspeed_config import (
     build_deepspeed_config,
     parameter_groups,
@@ -45,8 +45,9 @@ class TrainState:
 
     epoch: int = 0  # epochs fully finished
     global_step: int = 0  # optimizer steps taken
-    batches_into_epoch: int = 0  # micro batches of the current epoch already trained
+    batches_into_epoch: int = 0  # micro batches of the current epoch already trained, per worker
     history: list[dict[str, Any]] = field(default_factory=list)
+    world_size: int | None = None  # workers when saved (an elastic run may resume with another)
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
@@ -65,9 +66,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     task = registry.get_task(spec.task.type)
     labels = LabelMap(tuple(config["labels"])) if config["labels"] else None
     samples = config.get("samples") or []  # a few validation rows, for logged generations
-    steps = total_steps(config["rows_per_worker"], spec)
+    skipped = skipped_row_metrics(config.get("skipped") or {})
+    # From the workers actually running: an elastic run may have fewer than it asked for.
+    steps = total_steps(config["train_rows"] // world_size, spec)
     precision = resolve_precision(spec.train.precision, spec.scaling.use_gpu, _bf16_supported())
-    ds_config = build_deepspeed_config(spec, precision)
+    ds_config = build_deepspeed_config(spec, precision, world_size)
 
     _init_deepspeed_comm()
     model = _build_model(spec, task, labels, ds_config)
@@ -83,8 +86,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     device = engine.device
 
     restored = _restore(engine, spec, log, config.get("start_from"))
-    resumed_from = {"epoch": restored.epoch, "global_step": restored.global_step} if restored else None
-    state = restored or TrainState()
+    resumed_from = (
+        {"epoch": restored.epoch, "global_step": restored.global_step, "checkpoint": restored.source}
+        if restored
+        else None
+    )
+    state = restored.state if restored else TrainState()
     train_shard = ray.train.get_dataset_shard("train")
     validation_shard = ray.train.get_dataset_shard("validation")
 
@@ -106,6 +113,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
             global_step=state.global_step,
             train_loss=epoch_stats["loss"],
             samples_per_second=epoch_stats["samples_per_second"],
+            **skipped,
         )
         state.history.append(metrics)
         log(f"epoch {state.epoch}/{spec.train.epochs}: {_format(metrics)}")
@@ -185,7 +193,13 @@ def _build_model(spec: Any, task: Any, labels: LabelMap | None, ds_config: dict)
         from transformers.integrations import HfDeepSpeedConfig
 
         hf_ds_config = HfDeepSpeedConfig(ds_config)  # noqa: F841
-    model = task.build_model(spec.model.path, spec.task, labels, spec.model.trust_remote_code)
+    model = task.build_model(
+        spec.model.path,
+        spec.task,
+        labels,
+        spec.model.trust_remote_code,
+        allow_pickle=spec.model.allow_pickle_weights,
+    )
     model = registry.apply_technique(model, spec.technique, task)
     model._raft_hf_ds_config = hf_ds_config  # keep the weak global reference alive
     return model
@@ -252,8 +266,12 @@ def _data_parallel(model: torch.nn.Module, spec: Any, task: Any) -> torch.nn.Mod
     while backward is still running, which on CPU (gloo) is ~15% faster a step for
     MiniLM, so raft hands stage 0's gradient sync to it. DeepSpeed still owns the optimizer,
     clipping, schedule and checkpoints. Stages 1-3 partition state, and keep DeepSpeed's."""
-    if spec.deepspeed.zero_stage != 0 or not dist.is_initialized() or dist.get_world_size() < 2:
+    if spec.deepspeed.zero_stage != 0 or not dist.is_initialized():
         return model
+    if dist.get_world_size() < 2 and not spec.scaling.elastic:
+        return model
+    # An elastic run wraps even alone: its checkpoints then hold the same module names
+    # ("module.…") whatever the number of workers that wrote or reads them.
     device_ids = [torch.cuda.current_device()] if spec.scaling.use_gpu else None
     if spec.scaling.use_gpu:
         model = model.to(torch.cuda.current_device())
@@ -284,12 +302,33 @@ def _backward(engine: Any, loss: torch.Tensor) -> None:
 
 
 # -- checkpoints ----------------------------------------------------------------------
-def _restore(engine: Any, spec: Any, log: Any, start_from: Any = None) -> TrainState | None:
-    """Load this run's latest checkpoint, or else ``start_from`` (another run's)."""
-    checkpoint = ray.train.get_checkpoint() or start_from
+@dataclass
+class Restored:
+    state: TrainState
+    source: str  # the checkpoint folder's name
+
+    @property
+    def epoch(self) -> int:
+        return self.state.epoch
+
+    @property
+    def global_step(self) -> int:
+        return self.state.global_step
+
+
+def _restore(engine: Any, spec: Any, log: Any, start_from: Any = None) -> Restored | None:
+    """Load this run's newest complete checkpoint, or else ``start_from`` (another run's)."""
+    checkpoint = _newest_complete_checkpoint(log)
+    if checkpoint is None and start_from is not None:
+        found = checkpoints.problems(start_from.filesystem, start_from.path)
+        if found:
+            raise checkpoints.CheckpointDamaged(
+                f"checkpoint {start_from.path} is damaged: {'; '.join(found)}"
+            )
+        checkpoint = start_from
     if checkpoint is None:
         return None
-    with checkpoint.as_directory() as directory:
+    with checkpoint.as_directory() as directory, _weights_only_unpickling(engine):
         engine.load_checkpoint(
             os.path.join(directory, DEEPSPEED_DIR),
             tag=DEEPSPEED_TAG,
@@ -297,8 +336,69 @@ def _restore(engine: Any, spec: Any, log: Any, start_from: Any = None) -> TrainS
         )
         state = TrainState(**json.loads(Path(directory, STATE_FILE).read_text()))
     _apply_learning_rate(engine, spec.train.lr)
-    log(f"resumed from checkpoint: epoch {state.epoch}, step {state.global_step}")
-    return state
+    world_size = dist.get_world_size() if dist.is_initialized() else 1
+    if state.world_size and state.world_size != world_size and state.batches_into_epoch:
+        # Elastic: the same examples of the epoch are done, now split over other workers.
+        state.batches_into_epoch = state.batches_into_epoch * state.world_size // world_size
+        log(f"saved by {state.world_size} workers, resuming with {world_size}")
+    name = checkpoint.path.rstrip("/").rsplit("/", 1)[-1]
+    log(f"resumed from {name}: epoch {state.epoch}, step {state.global_step}")
+    return Restored(state, name)
+
+
+def _newest_complete_checkpoint(log: Any) -> Any:
+    """The run's newest complete checkpoint in storage, checked against its manifest.
+
+    Ray Train hands a restarted worker the latest checkpoint it registered; raft also
+    looks at the run's folder itself, because a worker killed right after a checkpoint
+    was uploaded can take the registration with it, and a driver restarted with the same
+    run name starts from the folder. Damaged ones are skipped, saying why. Rank 0
+    decides (reading the manifests once) and tells the others, so all load the same one."""
+    latest = ray.train.get_checkpoint()
+    storage = ray.train.get_context().get_storage()
+    filesystem = storage.storage_filesystem
+    decision: list[Any] = [None]
+    if ray.train.get_context().get_world_rank() == 0:
+        candidates = set(checkpoints.checkpoint_folders(filesystem, storage.experiment_fs_path))
+        if latest is not None:
+            candidates.add(latest.path)
+        decision[0] = checkpoints.newest_complete(filesystem, sorted(candidates)) if candidates else None
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.broadcast_object_list(decision, src=0)
+    choice: checkpoints.Choice | None = decision[0]
+    if choice is None:
+        return None
+    if choice.rejected:
+        log(checkpoints.describe_rejected(choice))
+    if choice.path is None:
+        raise checkpoints.CheckpointDamaged(
+            "no complete checkpoint to resume from: " + checkpoints.describe_rejected(choice)
+        )
+    if choice.rejected:
+        log(f"falling back to the newest complete checkpoint, {choice.path.rstrip('/').rsplit('/', 1)[-1]}")
+    return ray.train.Checkpoint(choice.path, filesystem=filesystem)
+
+
+class _weights_only_unpickling:
+    """DeepSpeed reads its optimizer and scheduler state with ``torch.load(weights_only=False)``,
+    the full unpickler, which runs whatever code a file names. raft's checkpoints hold
+    only tensors and plain values, so raft reads them with torch's weights-only unpickler,
+    which refuses anything else: a planted file cannot run code in the workers."""
+
+    def __init__(self, engine: Any):
+        self.engine = engine
+
+    def __enter__(self) -> None:
+        checkpoint_engine = self.engine.checkpoint_engine
+        self.original = checkpoint_engine.load
+
+        def load(path: str, map_location: Any = None) -> Any:
+            return torch.load(path, map_location=map_location, weights_only=True)
+
+        checkpoint_engine.load = load
+
+    def __exit__(self, *exc: Any) -> None:
+        self.engine.checkpoint_engine.load = self.original
 
 
 def _apply_learning_rate(engine: Any, lr: float) -> None:
@@ -316,8 +416,11 @@ def _apply_learning_rate(engine: Any, lr: float) -> None:
 
 
 def _report(engine: Any, spec: Any, state: TrainState, metrics: dict[str, Any]) -> None:
-    """Every worker writes its part of the checkpoint; Ray Train merges them in storage."""
-    rank = ray.train.get_context().get_world_rank()
+    """Every worker writes its part of the checkpoint, uploads it, then publishes its
+    manifest (raft.checkpoints); Ray Train merges the parts in storage."""
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    state.world_size = world_size
     frozen = any(not p.requires_grad for p in _hf_model(engine).parameters())
     with tempfile.TemporaryDirectory(prefix="raft-ckpt-") as directory:
         engine.save_checkpoint(
@@ -326,7 +429,18 @@ def _report(engine: Any, spec: Any, state: TrainState, metrics: dict[str, Any]) 
         _save_hf_model(engine, os.path.join(directory, MODEL_DIR), rank)
         if rank == 0:
             Path(directory, STATE_FILE).write_text(json.dumps(asdict(state)))
-        ray.train.report(_scalars(metrics), checkpoint=ray.train.Checkpoint.from_directory(directory))
+        manifest = checkpoints.build_manifest(directory, rank, world_size)
+
+        def upload_then_publish(checkpoint: Any, name: str) -> Any:
+            persisted = context.get_storage().persist_current_checkpoint(checkpoint, name)
+            checkpoints.publish_manifest(manifest, persisted.filesystem, persisted.path, rank)
+            return persisted
+
+        ray.train.report(
+            _scalars(metrics),
+            checkpoint=ray.train.Checkpoint.from_directory(directory),
+            checkpoint_upload_fn=upload_then_publish,
+        )
 
 
 def _save_hf_model(engine: Any, directory: str, rank: int) -> None:
@@ -478,6 +592,16 @@ def _evaluate(
 
 
 # -- output ---------------------------------------------------------------------------
+def skipped_row_metrics(skipped: dict[str, dict[str, int]]) -> dict[str, int]:
+    """``{"data.train": {"bad_json": 2}}`` → ``{"skipped_train_bad_json": 2}``: the rows
+    ``data.on_bad_rows: skip`` dropped, reported with every epoch's metrics."""
+    return {
+        f"skipped_{role.removeprefix('data.')}_{reason}": count
+        for role, reasons in skipped.items()
+        for reason, count in reasons.items()
+    }
+
+
 class _Logger:
     """Progress lines from rank 0 only (Ray forwards them to the driver's terminal)."""
 
@@ -495,7 +619,7 @@ def _format(metrics: dict[str, Any]) -> str:
     line = " ".join(
         f"{key} {value:.4f}" if isinstance(value, float) else f"{key} {value}"
         for key, value in metrics.items()
-        if key not in ("epoch", "global_step", "generations")
+        if key not in ("epoch", "global_step", "generations") and not key.startswith("skipped_")
     )
     for sample in metrics.get("generations", []):
         line += f"\n    {sample['prompt'][-60:]!r} → {sample['output'][:80]!r} (reference {sample['reference'][:40]!r})"

@@ -86,11 +86,16 @@ def test_model_folder_without_safetensors_is_refused(write_spec, tmp_path):
     assert result.exit_code == 2 and "no *.safetensors weights" in result.output
 
 
-def test_finished_run_is_not_overwritten(write_spec, tmp_path):
+def test_finished_run_is_not_trained_again(write_spec, tmp_path):
     model_dir = tmp_path / "runs" / "done" / "model"
     model_dir.mkdir(parents=True)
+    (model_dir / "model.safetensors").write_bytes(b"weights")
     result = run("train", write_spec(), "output.name=done")
-    assert result.exit_code == 2 and "already finished" in result.output
+    # No cluster is started and nothing under the run is touched.
+    assert result.exit_code == 0 and "already finished" in result.output, result.output
+    assert "not training it again" in result.output
+    assert sorted(p.name for p in (tmp_path / "runs" / "done").rglob("*")) == ["model", "model.safetensors"]
+    assert (model_dir / "model.safetensors").read_bytes() == b"weights"
 
 
 def test_list_prints_the_matrix():

@@ -132,3 +132,15 @@ def test_workers_do_not_build_deepspeeds_shared_memory_op(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert "COMM True" in out.stdout
     assert list(tmp_path.iterdir()) == []  # nothing was compiled
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2])
+def test_an_elastic_run_sizes_batches_by_the_workers_running(stage):
+    spec = spec_with(
+        deepspeed={"zero_stage": stage}, train={"batch_size": 8}, scaling={"num_workers": [1, 4]}
+    )
+    assert build_deepspeed_config(spec, "fp32")["train_batch_size"] == 8 * 4  # the most it may have
+    config = build_deepspeed_config(spec, "fp32", world_size=3)
+    assert config["train_batch_size"] == 8 * 3
+    # ZeRO 1/2 partition optimizer state by worker: an elastic run must load it into another count.
+    assert config["zero_optimization"].get("elastic_checkpoint", False) == (stage in (1, 2))

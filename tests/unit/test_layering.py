@@ -23,6 +23,8 @@ PURE = [
     "raft.generation",
     "raft.search",
     "raft.serving",
+    "raft.checkpoints",
+    "raft.failures",
 ]
 
 

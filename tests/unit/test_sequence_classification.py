@@ -101,3 +101,39 @@ def test_predict_ranks_every_class_and_takes_text_pairs(tiny_bert):
     swapped = TASK.predict(model, str(tiny_bert), spec, [pairs[0][::-1]], top_k=3)[0]
     assert swapped["top_k"] != answers[0]["top_k"]
     assert len(TASK.predict(model, str(tiny_bert), spec, pairs, top_k=1)[0]["top_k"]) == 1
+
+
+def test_pickle_weights_load_only_when_the_spec_allows_them(tiny_bert, tmp_path):
+    """A folder with only pytorch_model.bin (pickle: loading it can run code) is refused by
+    the same load raft trains with, and by the check before any cluster starts."""
+    import shutil
+
+    from transformers import AutoModel
+
+    from raft.spec import validate
+    from raft.train import RunError, check_model_path
+
+    pickled = tmp_path / "pickled"
+    shutil.copytree(tiny_bert, pickled, ignore=shutil.ignore_patterns("*.safetensors"))
+    # transformers 5 writes safetensors only; a .bin as older tools and the hub still ship.
+    torch.save(AutoModel.from_pretrained(tiny_bert).state_dict(), pickled / "pytorch_model.bin")
+    assert (pickled / "pytorch_model.bin").is_file() and not list(pickled.glob("*.safetensors"))
+
+    with pytest.raises(OSError, match="safetensors"):
+        TASK.build_model(str(pickled), SequenceClassificationSpec(), LABELS, False)
+    model = TASK.build_model(str(pickled), SequenceClassificationSpec(), LABELS, False, allow_pickle=True)
+    reference = AutoModel.from_pretrained(tiny_bert)
+    assert torch.equal(
+        model.bert.embeddings.word_embeddings.weight, reference.embeddings.word_embeddings.weight
+    )
+
+    document = {
+        "model": {"path": str(pickled)},
+        "task": {"type": "sequence_classification"},
+        "data": {"train": "t.jsonl"},
+    }
+    with pytest.raises(
+        RunError, match=r"only pickle-based pytorch_model.bin.*model.allow_pickle_weights: true"
+    ):
+        check_model_path(validate(document))
+    check_model_path(validate({**document, "model": {**document["model"], "allow_pickle_weights": True}}))

@@ -8,7 +8,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from raft.spec import SpecError, apply_overrides, load_spec, parse_override, validate
+from raft.spec import (
+    SpecError,
+    apply_overrides,
+    dump_spec,
+    load_spec,
+    parse_override,
+    resume_conflicts,
+    validate,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -54,6 +62,21 @@ def test_every_problem_reported_at_once_with_dotted_paths():
         "bogus",
     } <= paths
     assert any("unknown key" in p for p in problems if p.startswith("model.pth"))
+
+
+def test_bad_row_settings_default_and_bounds():
+    data = validate(MINIMAL).data
+    assert (data.on_bad_rows, data.max_bad_fraction) == ("error", 0.05)
+    skip = validate({**MINIMAL, "data": {"train": "t.jsonl", "on_bad_rows": "skip", "max_bad_fraction": 0}})
+    assert (skip.data.on_bad_rows, skip.data.max_bad_fraction) == ("skip", 0.0)
+    problems = problems_of(
+        {**MINIMAL, "data": {"train": "t.jsonl", "on_bad_rows": "drop", "max_bad_fraction": 1.5}}
+    )
+    assert {p.split(":")[0] for p in problems} == {"data.on_bad_rows", "data.max_bad_fraction"}
+    # The old name is gone (no alias): it is an unknown key, not silently ignored.
+    assert problems_of({**MINIMAL, "data": {"train": "t.jsonl", "bad_rows": "skip"}})[0].startswith(
+        "data.bad_rows: unknown key"
+    )
 
 
 def test_unknown_task_and_technique_types_list_the_known_ones():
@@ -233,3 +256,54 @@ def test_readme_spec_reference_is_current():
     readme = (ROOT / "README.md").read_text()
     block = readme.split("<!-- spec-reference:start -->\n", 1)[1].split("\n<!-- spec-reference:end -->", 1)[0]
     assert block == reference_markdown(), "run: raft spec-reference, and paste it into README.md"
+
+
+def test_num_workers_is_a_count_or_an_elastic_range():
+    fixed = validate({**MINIMAL, "scaling": {"num_workers": 3}}).scaling
+    assert (fixed.elastic, fixed.min_workers, fixed.max_workers) == (False, 3, 3)
+    elastic = validate({**MINIMAL, "scaling": {"num_workers": [1, 4]}}).scaling
+    assert (elastic.elastic, elastic.min_workers, elastic.max_workers) == (True, 1, 4)
+    assert (
+        validate(yaml.safe_load(dump_spec(validate({**MINIMAL, "scaling": {"num_workers": [1, 4]}})))).scaling
+        == elastic
+    )
+    for bad, needle in [
+        ([4, 1], "min is above max"),
+        ("zero", "expected a number of workers"),
+        ([0, 2], "expected a number of workers"),
+        (0, "expected at least 1 worker"),
+    ]:
+        found = problems_of({**MINIMAL, "scaling": {"num_workers": bad}})
+        assert len(found) == 1 and found[0].startswith("scaling.num_workers") and needle in found[0], found
+    assert problems_of({**MINIMAL, "scaling": {"num_workers": [1, 2]}, "deepspeed": {"zero_stage": 3}}) == [
+        "scaling.num_workers: an elastic [min, max] run needs deepspeed.zero_stage 0, 1 or 2 "
+        "(a ZeRO-3 checkpoint only loads into the number of workers that wrote it)"
+    ]
+
+
+def test_a_resumed_run_may_train_longer_but_not_change_what_it_trains():
+    saved = yaml.safe_load(dump_spec(validate({**MINIMAL, "technique": {"type": "lora", "r": 8}})))
+    longer = {
+        **MINIMAL,
+        "technique": {"type": "lora", "r": 8},
+        "train": {"epochs": 9},
+        "scaling": {"num_workers": 4},
+    }
+    assert resume_conflicts(saved, yaml.safe_load(dump_spec(validate(longer)))) == []
+    changed = {
+        **MINIMAL,
+        "technique": {"type": "lora", "r": 16},
+        "data": {"train": "other.jsonl", "cpus_per_task": 2},
+        "train": {"batch_size": 4},
+    }
+    assert resume_conflicts(saved, yaml.safe_load(dump_spec(validate(changed)))) == [
+        "technique.r: 8 → 16",
+        "data.train: 'train.jsonl' → 'other.jsonl'",
+        "train.batch_size: 16 → 4",
+    ]
+
+
+@pytest.mark.parametrize("name", ["../escape", "..", "a/b", "a\\b", ".hidden", "/abs", "", "run name"])
+def test_run_names_cannot_leave_the_output_folder(name):
+    found = problems_of({**MINIMAL, "output": {"name": name}})
+    assert len(found) == 1 and found[0].startswith("output.name"), found

@@ -1,0 +1,112 @@
+"""A node lost mid-run, for real: a 3-node `ray start` cluster on this machine (a head with
+1 CPU and two worker nodes with 2 each), an elastic run with one 2-CPU Train worker on each
+worker node, and every process of one worker node SIGKILLed after a checkpoint. The run
+goes on with the one worker the cluster still has room for and finishes.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.helpers import base_spec
+from tests.integration.test_training_faults import complete_checkpoints, step_of
+
+pytestmark = [pytest.mark.multinode, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+GCS_PORT, DASHBOARD_PORT = 6392, 8277
+BIN = str(Path(sys.executable).parent)
+
+
+def cluster_script(*args: str) -> subprocess.CompletedProcess:
+    from tests.multinode.test_cluster import env
+
+    return subprocess.run(
+        [str(ROOT / "cluster/raft-cluster.sh"), *args], capture_output=True, text=True, timeout=300, env=env()
+    )
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    import ray
+
+    if ray.is_initialized():  # the integration tests' in-process cluster: `down` stops every Ray process
+        ray.shutdown()
+    up = cluster_script(
+        "local", "--workers", "2", "--head-cpus", "1", "--worker-cpus", "2",
+        "--port", str(GCS_PORT), "--dashboard-port", str(DASHBOARD_PORT),
+    )  # fmt: skip
+    assert up.returncode == 0, up.stdout + up.stderr
+    try:
+        yield
+    finally:
+        cluster_script("down")
+
+
+def kill_node(index: int) -> list[int]:
+    """SIGKILL every process of worker node ``index`` (its raylet, agents and workers):
+    what a preempted machine looks like to the rest of the cluster."""
+    marker = f"/tmp/raft-node-{GCS_PORT}-{index}"
+    pids = [
+        int(p) for p in subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True).stdout.split()
+    ]
+    subprocess.run(["kill", "-9", *map(str, pids)], check=False)
+    return pids
+
+
+def test_an_elastic_run_goes_on_with_the_workers_left_after_a_node_is_lost(
+    cluster, tiny_bert, toy_data, tmp_path
+):
+    from tests.multinode.test_cluster import env
+
+    document = base_spec(
+        tiny_bert,
+        toy_data,
+        tmp_path,
+        output={"name": "node-loss"},
+        train={"epochs": 1, "batch_size": 8, "checkpoint_every_n_steps": 5, "log_every_n_steps": 5},
+        scaling={"num_workers": [1, 2], "cpus_per_worker": 2, "max_failures": 1},
+    )
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump(document))
+    run_dir = tmp_path / "runs" / "node-loss"
+
+    driver = subprocess.Popen(
+        [f"{BIN}/raft", "train", str(spec_file), "--address", f"127.0.0.1:{GCS_PORT}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env(),
+    )
+    deadline = time.monotonic() + 400
+    while not complete_checkpoints(run_dir) and driver.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert complete_checkpoints(run_dir), "no checkpoint before the deadline"
+    killed_after = step_of(complete_checkpoints(run_dir)[-1])
+    lost_at = time.monotonic()
+    assert kill_node(2), "found no process of worker node 2"
+    output, _ = driver.communicate(timeout=600)
+    finished_at = time.monotonic()
+
+    assert driver.returncode == 0, output[-4000:]
+    assert "workers on 2 node(s)" in output
+    assert "saved by 2 workers, resuming with 1" in output, output[-4000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert len(summary["worker_nodes"]) == 1
+    resumed = summary["resumed_from"]
+    assert resumed is not None and resumed["global_step"] >= killed_after >= 5
+    # One worker now takes every batch: its steps are whole-data steps, twice as many.
+    history = summary["history"]
+    assert history[-1]["epoch"] == 1 and history[-1]["global_step"] > 38
+    assert history[-1]["val_loss"] < history[0]["val_loss"]
+    print(
+        f"\n[fault] node loss: checkpoint at step {killed_after}, resumed at step {resumed['global_step']} "
+        f"with 1 worker; {finished_at - lost_at:.1f} s from the kill to the finished run"
+    )
