@@ -68,13 +68,7 @@ def _merge_adapter(
 ) -> None:
     from peft import PeftModel
 
-    base = task.build_model(
-        spec.model.path,
-        spec.task,
-        labels,
-        spec.model.trust_remote_code,
-        allow_pickle=spec.model.allow_pickle_weights,
-    )
+    base = task.load_pretrained(spec, labels)
     merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
     merged.save_pretrained(staging, safe_serialization=True)
 

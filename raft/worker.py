@@ -193,13 +193,7 @@ def _build_model(spec: Any, task: Any, labels: LabelMap | None, ds_config: dict)
         from transformers.integrations import HfDeepSpeedConfig
 
         hf_ds_config = HfDeepSpeedConfig(ds_config)  # noqa: F841
-    model = task.build_model(
-        spec.model.path,
-        spec.task,
-        labels,
-        spec.model.trust_remote_code,
-        allow_pickle=spec.model.allow_pickle_weights,
-    )
+    model = task.load_pretrained(spec, labels)
     model = registry.apply_technique(model, spec.technique, task)
     model._raft_hf_ds_config = hf_ds_config  # keep the weak global reference alive
     return model

@@ -143,6 +143,18 @@ class Task(ABC):
     ) -> torch.nn.Module:
         """Load the pretrained model from a local folder, with a fresh head if needed."""
 
+    def load_pretrained(self, run_spec: Any, labels: LabelMap | None) -> torch.nn.Module:
+        """``build_model`` as a run spec says: its model folder, its task settings, and
+        whether its model may run its own code or load pickle-based weights."""
+        model = run_spec.model
+        return self.build_model(
+            model.path,
+            run_spec.task,
+            labels,
+            model.trust_remote_code,
+            allow_pickle=model.allow_pickle_weights,
+        )
+
     def load_with_head(
         self, model_path: str, labels: LabelMap | None, trust_remote_code: bool, allow_pickle: bool = False
     ) -> torch.nn.Module:

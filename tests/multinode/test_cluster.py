@@ -7,9 +7,7 @@ auth on), and raft driven through it the way a user would: ``raft submit`` / ``s
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,20 +15,12 @@ import pytest
 import yaml
 
 from tests.helpers import base_spec
+from tests.multinode.local_cluster import env, local_cluster
 
 pytestmark = [pytest.mark.multinode, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parents[2]
 GCS_PORT, DASHBOARD_PORT = 6391, 8276
 JOBS = f"http://127.0.0.1:{DASHBOARD_PORT}"
-BIN = str(Path(sys.executable).parent)
-
-
-def env(**extra: str) -> dict[str, str]:
-    environment = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", **extra}
-    for key in ("RAY_ADDRESS", "RAY_JOBS_ADDRESS", "RAY_AUTH_TOKEN"):
-        environment.pop(key, None)
-    return environment | extra
 
 
 def run(*args, timeout: float = 600, cwd: Path | None = None, **extra: str) -> subprocess.CompletedProcess:
@@ -39,27 +29,10 @@ def run(*args, timeout: float = 600, cwd: Path | None = None, **extra: str) -> s
     )
 
 
-def cluster_script(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(ROOT / "cluster/raft-cluster.sh"), *args], capture_output=True, text=True, timeout=300, env=env()
-    )
-
-
 @pytest.fixture(scope="module")
 def cluster():
-    import ray
-
-    if ray.is_initialized():  # the integration tests' in-process cluster: `down` stops every Ray process
-        ray.shutdown()
-    up = cluster_script(
-        "local", "--workers", "2", "--head-cpus", "2", "--worker-cpus", "1",
-        "--port", str(GCS_PORT), "--dashboard-port", str(DASHBOARD_PORT),
-    )  # fmt: skip
-    assert up.returncode == 0, up.stdout + up.stderr
-    try:
+    with local_cluster(head_cpus=2, worker_cpus=1, port=GCS_PORT, dashboard_port=DASHBOARD_PORT):
         yield
-    finally:
-        cluster_script("down")
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,37 +16,17 @@ import yaml
 
 from tests.helpers import base_spec
 from tests.integration.test_training_faults import complete_checkpoints, step_of
+from tests.multinode.local_cluster import BIN, cluster_script, env, local_cluster
 
 pytestmark = [pytest.mark.multinode, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parents[2]
 GCS_PORT, DASHBOARD_PORT = 6392, 8277
-BIN = str(Path(sys.executable).parent)
-
-
-def cluster_script(*args: str) -> subprocess.CompletedProcess:
-    from tests.multinode.test_cluster import env
-
-    return subprocess.run(
-        [str(ROOT / "cluster/raft-cluster.sh"), *args], capture_output=True, text=True, timeout=300, env=env()
-    )
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    import ray
-
-    if ray.is_initialized():  # the integration tests' in-process cluster: `down` stops every Ray process
-        ray.shutdown()
-    up = cluster_script(
-        "local", "--workers", "2", "--head-cpus", "1", "--worker-cpus", "2",
-        "--port", str(GCS_PORT), "--dashboard-port", str(DASHBOARD_PORT),
-    )  # fmt: skip
-    assert up.returncode == 0, up.stdout + up.stderr
-    try:
+    with local_cluster(head_cpus=1, worker_cpus=2, port=GCS_PORT, dashboard_port=DASHBOARD_PORT):
         yield
-    finally:
-        cluster_script("down")
 
 
 def kill_node(index: int) -> list[int]:
@@ -61,23 +40,22 @@ def kill_node(index: int) -> list[int]:
     return pids
 
 
-def test_an_elastic_run_goes_on_with_the_workers_left_after_a_node_is_lost(
-    cluster, tiny_bert, toy_data, tmp_path
-):
-    from tests.multinode.test_cluster import env
-
+def train_until_a_checkpoint(
+    tiny_bert, toy_data, tmp_path, name: str, scaling: dict
+) -> tuple[subprocess.Popen, Path, int]:
+    """`raft train` against the cluster, left running once its first checkpoint is complete:
+    returns the driver, the run folder and the newest complete checkpoint's step."""
     document = base_spec(
         tiny_bert,
         toy_data,
         tmp_path,
-        output={"name": "node-loss"},
+        output={"name": name},
         train={"epochs": 1, "batch_size": 8, "checkpoint_every_n_steps": 5, "log_every_n_steps": 5},
-        scaling={"num_workers": [1, 2], "cpus_per_worker": 2, "max_failures": 1},
+        scaling=scaling,
     )
     spec_file = tmp_path / "spec.yaml"
     spec_file.write_text(yaml.safe_dump(document))
-    run_dir = tmp_path / "runs" / "node-loss"
-
+    run_dir = tmp_path / "runs" / name
     driver = subprocess.Popen(
         [f"{BIN}/raft", "train", str(spec_file), "--address", f"127.0.0.1:{GCS_PORT}"],
         stdout=subprocess.PIPE,
@@ -89,7 +67,16 @@ def test_an_elastic_run_goes_on_with_the_workers_left_after_a_node_is_lost(
     while not complete_checkpoints(run_dir) and driver.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert complete_checkpoints(run_dir), "no checkpoint before the deadline"
-    killed_after = step_of(complete_checkpoints(run_dir)[-1])
+    return driver, run_dir, step_of(complete_checkpoints(run_dir)[-1])
+
+
+def test_an_elastic_run_goes_on_with_the_workers_left_after_a_node_is_lost(
+    cluster, tiny_bert, toy_data, tmp_path
+):
+    scaling = {"num_workers": [1, 2], "cpus_per_worker": 2, "max_failures": 1}
+    driver, run_dir, killed_after = train_until_a_checkpoint(
+        tiny_bert, toy_data, tmp_path, "node-loss", scaling
+    )
     lost_at = time.monotonic()
     assert kill_node(2), "found no process of worker node 2"
     output, _ = driver.communicate(timeout=600)
@@ -127,32 +114,11 @@ def test_a_fixed_size_run_waits_for_capacity_and_resumes_when_a_node_returns(
 ):
     """Without elasticity, a run that lost a node waits (Ray Train retries placing its
     workers) and resumes from its last checkpoint once a replacement node joins."""
-    from tests.multinode.test_cluster import env
-
     start_node(3)  # node 2 was lost in the test above: node 1 and node 3 hold a worker each
-    document = base_spec(
-        tiny_bert,
-        toy_data,
-        tmp_path,
-        output={"name": "node-returns"},
-        train={"epochs": 1, "batch_size": 8, "checkpoint_every_n_steps": 5, "log_every_n_steps": 5},
-        scaling={"num_workers": 2, "cpus_per_worker": 1.5, "max_failures": 1},
+    scaling = {"num_workers": 2, "cpus_per_worker": 1.5, "max_failures": 1}
+    driver, run_dir, killed_after = train_until_a_checkpoint(
+        tiny_bert, toy_data, tmp_path, "node-returns", scaling
     )
-    spec_file = tmp_path / "spec.yaml"
-    spec_file.write_text(yaml.safe_dump(document))
-    run_dir = tmp_path / "runs" / "node-returns"
-    driver = subprocess.Popen(
-        [f"{BIN}/raft", "train", str(spec_file), "--address", f"127.0.0.1:{GCS_PORT}"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env(),
-    )
-    deadline = time.monotonic() + 400
-    while not complete_checkpoints(run_dir) and driver.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert complete_checkpoints(run_dir), "no checkpoint before the deadline"
-    killed_after = step_of(complete_checkpoints(run_dir)[-1])
     lost_at = time.monotonic()
     assert kill_node(3), "found no process of worker node 3"
     time.sleep(10)  # no room for 2 workers now: the run waits
