@@ -373,6 +373,17 @@ def _newest_complete_checkpoint(log: Any) -> Any:
     return ray.train.Checkpoint(choice.path, filesystem=filesystem)
 
 
+def _deepspeed_state_classes() -> list[Any]:
+    """The plain DeepSpeed classes its ZeRO optimizer state names (found in saved
+    checkpoints with ``torch.serialization.get_unsafe_globals_in_checkpoint``): allowed
+    by name, as data; anything else in a file is still refused."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+
 class _weights_only_unpickling:
     """DeepSpeed reads its optimizer and scheduler state with ``torch.load(weights_only=False)``,
     the full unpickler, which runs whatever code a file names. raft's checkpoints hold
@@ -387,7 +398,8 @@ class _weights_only_unpickling:
         self.original = checkpoint_engine.load
 
         def load(path: str, map_location: Any = None) -> Any:
-            return torch.load(path, map_location=map_location, weights_only=True)
+            with torch.serialization.safe_globals(_deepspeed_state_classes()):
+                return torch.load(path, map_location=map_location, weights_only=True)
 
         checkpoint_engine.load = load
 
