@@ -226,8 +226,14 @@ def image_fault(value: Any, column: str, data_file: Any = None) -> RowFault | No
     try:
         open_image(value, data_file).verify()  # reads the whole file's structure
     except Exception as error:
-        return RowFault(BAD_MEDIA, f"column {column!r}: cannot be read as an image ({_short(error)})")
+        return RowFault(BAD_MEDIA, f"column {column!r}: cannot be read as an image ({_image_error(error)})")
     return None
+
+
+def _image_error(error: Exception) -> str:
+    """Pillow's message without the name it gives an in-memory file (an address that
+    differs on every call, and means nothing to the user)."""
+    return re.sub(r" <_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", _short(error))
 
 
 def request_image(data: bytes) -> Any:
@@ -238,9 +244,7 @@ def request_image(data: bytes) -> Any:
         image.load()
         return image.convert("RGB")
     except Exception as error:
-        # (without the name Pillow gives the in-memory file)
-        reason = re.sub(r" <_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", _short(error))
-        raise ValueError(f"the image does not decode: {reason}") from None
+        raise ValueError(f"the image does not decode: {_image_error(error)}") from None
 
 
 def augment_pixels(pixels: np.ndarray, flip: bool, crop: float | None, rng: Any = None) -> np.ndarray:

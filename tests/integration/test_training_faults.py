@@ -192,7 +192,9 @@ def test_driver_killed_the_same_command_resumes_past_a_damaged_checkpoint(tiny_b
     driver.send_signal(signal.SIGKILL)
     driver.wait()
     older, newest = complete_checkpoints(run_dir)[-2:]
-    assert step_of(older) < step_of(newest) < 38 and not (run_dir / "model").exists()
+    # (read now: once the resumed run checkpoints past them, retention deletes both)
+    older_step, newest_step = step_of(older), step_of(newest)
+    assert older_step < newest_step < 38 and not (run_dir / "model").exists()
     for _ in range(120):  # the killed driver's workers go with it
         if not train_worker_pids():
             break
@@ -207,13 +209,13 @@ def test_driver_killed_the_same_command_resumes_past_a_damaged_checkpoint(tiny_b
     output = again.stdout + again.stderr
     assert again.returncode == 0, output[-3000:]
     assert f"{newest.name} is damaged (model/model.safetensors: 100 bytes" in output, output[-3000:]
-    assert f"resumed from {older.name}: epoch 0, step {step_of(older)}" in output
+    assert f"resumed from {older.name}: epoch 0, step {older_step}" in output
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["resumed_from"] == {"epoch": 0, "global_step": step_of(older), "checkpoint": older.name}
+    assert summary["resumed_from"] == {"epoch": 0, "global_step": older_step, "checkpoint": older.name}
     assert summary["history"][-1]["global_step"] == 38
     print(
-        f"\n[fault] driver kill: killed after step {step_of(newest)}, newest damaged, resumed at step "
-        f"{step_of(older)}; the rerun took {time.monotonic() - started:.1f} s"
+        f"\n[fault] driver kill: killed after step {newest_step}, newest damaged, resumed at step "
+        f"{older_step}; the rerun took {time.monotonic() - started:.1f} s"
     )
 
     exported = sorted(p.name for p in (run_dir / "model").iterdir())

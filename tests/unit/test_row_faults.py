@@ -63,6 +63,9 @@ def test_seq2seq_rows():
 def test_media_rows_without_decoding_anything():
     assert reason("image_classification", {"image": 12, "label": "cat"}) == "wrong_type"
     assert reason("image_classification", {"image": b"not an image", "label": "cat"}) == "bad_media"
+    task = get_task("image_classification")
+    fault = task.row_fault({"image": b"not an image", "label": "cat"}, task.spec_class(), "")
+    assert "cannot identify image file" in fault.message and "0x" not in fault.message  # no address
     assert reason("image_classification", {"image": b"x", "label": None}) == "missing_column"
     assert reason("image_text", {"image": b"x", "caption": ["a"]}) == "wrong_type"
     assert reason("speech_recognition", {"audio": 3.5, "text": "four"}) == "wrong_type"
