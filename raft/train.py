@@ -18,6 +18,7 @@ from raft import checkpoints, data, registry, storage
 from raft.cluster import connect
 from raft.failures import training_failure
 from raft.labels import LabelMap
+from raft.perf import first_step_breakdown
 from raft.sources import DataError
 from raft.spec import dump_spec
 from raft.worker import MODEL_DIR, train_loop_per_worker
@@ -142,7 +143,7 @@ def fit(spec: Any, address: str | None = None, verbose: bool = False) -> TrainOu
     Run names make runs restartable: the same name resumes the run's newest complete
     checkpoint (after a killed driver, a lost cluster), and a run that already finished is
     not trained again: its outcome is returned as it was."""
-    started = time.perf_counter()
+    started, timeline = time.perf_counter(), {"fit_started": time.time()}
     spec = preflight(spec)
     run_dir = run_dir_of(spec)
     done = finished_model(spec)
@@ -154,7 +155,9 @@ def fit(spec: Any, address: str | None = None, verbose: bool = False) -> TrainOu
         )
         return finished_outcome(run_dir, done)
     with connect(spec, address, verbose=verbose):
+        timeline["cluster_ready"] = time.time()
         prepared = prepare_data(spec)
+        timeline["data_ready"] = time.time()
         storage.write_text(storage.join(run_dir, "spec.yaml"), dump_spec(spec))
         print(f"[raft] run {spec.run_name}: {describe(spec, prepared)} → {run_dir}", flush=True)
         trainer = build_trainer(spec, prepared)
@@ -179,6 +182,14 @@ def fit(spec: Any, address: str | None = None, verbose: bool = False) -> TrainOu
         spec, prepared.labels, result.return_value or {}, time.perf_counter() - started, model_dir
     )
     summary["skipped_rows"] = prepared.skipped
+    summary["timeline"] = timeline | (summary.pop("worker_timeline", None) or {})
+    stages = first_step_breakdown(summary["timeline"])
+    if "first_step" in summary["timeline"]:
+        print(
+            f"[raft] first step {sum(stages.values()):.1f} s after the run started: "
+            + ", ".join(f"{name} {seconds:.1f}" for name, seconds in stages.items()),
+            flush=True,
+        )
     storage.write_text(storage.join(run_dir, "summary.json"), json.dumps(summary, indent=2))
     return TrainOutcome(run_dir, model_dir, summary["history"], summary)
 
@@ -291,4 +302,6 @@ def _summary(spec: Any, labels: LabelMap | None, returned: dict, wall_seconds: f
         "labels": list(labels.names) if labels else None,
         "resumed_from": returned.get("resumed_from"),
         "worker_nodes": returned.get("worker_nodes"),
+        "worker_timeline": returned.get("timeline"),
+        "memory": returned.get("memory"),
     }

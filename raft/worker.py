@@ -22,7 +22,7 @@ import ray.train
 import torch
 import torch.distributed as dist
 
-from raft import checkpoints, registry
+from raft import checkpoints, perf, registry
 from raft.deepspeed_config import (
     build_deepspeed_config,
     parameter_groups,
@@ -54,6 +54,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     """Entry point handed to ``TorchTrainer``; ``config`` comes from ``raft.train``."""
     from raft.spec import RunSpec
 
+    timeline = {"workers_started": time.time()}  # rank 0's stages, for summary.json
     spec = RunSpec.model_validate(config["spec"])
     if not spec.scaling.use_gpu:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # skip DeepSpeed's GPU probing
@@ -74,6 +75,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
 
     _init_deepspeed_comm()
     model = _build_model(spec, task, labels, ds_config)
+    timeline["model_loaded"] = time.time()
     trainable, total = _count_parameters(model)
     log = _Logger(rank)
     worker_nodes = _worker_nodes()
@@ -84,6 +86,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     )
     engine = _deepspeed_engine(model, spec, task, ds_config, steps)
     device = engine.device
+    timeline["engine_ready"] = time.time()
 
     restored = _restore(engine, spec, log, config.get("start_from"))
     resumed_from = (
@@ -101,9 +104,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
         state.history.append(initial)
         log(f"before training: {_format(initial)}")
 
-    loop_start, samples_seen = time.perf_counter(), 0
+    loop_start, samples_seen, probe = time.perf_counter(), 0, _FirstStep(timeline, engine)
     while state.epoch < spec.train.epochs and not _done(state, spec):
-        epoch_stats = _train_one_epoch(engine, train_shard, task, spec, state, steps, device, log)
+        epoch_stats = _train_one_epoch(engine, train_shard, task, spec, state, steps, device, log, probe)
         samples_seen += epoch_stats["samples"]
         state.epoch += 1
         state.batches_into_epoch = 0
@@ -113,6 +116,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
             global_step=state.global_step,
             train_loss=epoch_stats["loss"],
             samples_per_second=epoch_stats["samples_per_second"],
+            tokens_per_second=epoch_stats["tokens_per_second"],
+            padded_tokens_per_second=epoch_stats["padded_tokens_per_second"],
+            data_wait_fraction=epoch_stats["data_wait_fraction"],
             **skipped,
         )
         state.history.append(metrics)
@@ -120,6 +126,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
         _report(engine, spec, state, metrics)
 
     elapsed = time.perf_counter() - loop_start
+    if probe.memory is None and "first_step" in timeline:  # one step only: after it
+        probe.measure()
+    memory = _gather_memory(probe.memory, spec.scaling.use_gpu)  # a collective: every rank
     return (
         {
             "history": state.history,
@@ -129,6 +138,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
             "precision": precision,
             "resumed_from": resumed_from,
             "worker_nodes": worker_nodes,
+            "timeline": timeline,
+            "memory": memory,
         }
         if rank == 0
         else None
@@ -475,33 +486,132 @@ def _batches(shard: Any, task: Any, spec: Any, device: torch.device, training: b
         yield {key: value.to(device, non_blocking=True) for key, value in batch.items()}
 
 
+class _FirstStep:
+    """Stamps the first optimizer step of this process, and measures the tensors the
+    worker holds at the next backward: weights, gradients and optimizer state all exist
+    then (the optimizer's state appears at its first step; gradients are freed after each)."""
+
+    def __init__(self, timeline: dict[str, float], engine: Any):
+        self.timeline, self.engine, self.memory = timeline, engine, None
+
+    def stepped(self) -> None:
+        self.timeline.setdefault("first_step", time.time())
+
+    def after_backward(self) -> None:
+        if self.memory is None and "first_step" in self.timeline:
+            self.measure()
+
+    def measure(self) -> None:
+        states = list(_model_state_tensors(self.engine))
+        self.memory = {
+            "model_state_mb": perf.tensor_bytes(states) / perf.MiB,
+            "tensor_mb": perf.live_tensor_bytes(states) / perf.MiB,
+        }
+
+
+def _model_state_tensors(engine: Any):
+    """Model states: parameters (a ZeRO-3 worker's own partitions too), gradients, and the
+    optimizer's state and fp32 copies however DeepSpeed nests them; not its communication
+    buckets and buffers (sized by its bucket settings, not by the model)."""
+    for parameter in engine.module.parameters():
+        yield from (parameter, parameter.grad, getattr(parameter, "ds_tensor", None))
+    optimizer, seen = engine.optimizer, set()
+    while optimizer is not None and id(optimizer) not in seen:
+        seen.add(id(optimizer))
+        for group in getattr(optimizer, "param_groups", []):
+            for parameter in group["params"]:
+                yield from (parameter, parameter.grad)
+        for state in getattr(optimizer, "state", {}).values():
+            yield from _tensors_in(state)
+        for name, value in vars(optimizer).items():
+            if not any(word in name for word in ("bucket", "ipg", "buffer", "pinned")):
+                yield from _tensors_in(value)
+        optimizer = getattr(optimizer, "optimizer", None)
+
+
+def _tensors_in(value: Any, depth: int = 2):
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif depth and isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _tensors_in(item, depth - 1)
+    elif depth and isinstance(value, dict):
+        for item in value.values():
+            yield from _tensors_in(item, depth - 1)
+
+
+def _gather_memory(measured: dict[str, float] | None, use_gpu: bool) -> dict[str, list]:
+    """Every rank's memory (rank order): its model states and all its live tensors (those
+    plus activations and DeepSpeed's buckets, which on a CPU may be reserved and never
+    touched) at the backward after its first step; its peak RSS; on a GPU the peak of
+    torch's allocator."""
+    mine = {
+        "model_state_mb": measured and round(measured["model_state_mb"], 3),
+        "tensor_mb": measured and round(measured["tensor_mb"], 3),
+        "peak_rss_mb": round(perf.peak_rss_bytes() / perf.MiB, 1),
+        "device_peak_mb": round(torch.cuda.max_memory_allocated() / perf.MiB, 1) if use_gpu else None,
+    }
+    everyone = [mine]
+    if dist.is_available() and dist.is_initialized():
+        everyone = [None] * dist.get_world_size()
+        dist.all_gather_object(everyone, mine)
+    return {key: [rank[key] for rank in everyone] for key in mine}
+
+
+def _tokens(batch: dict[str, torch.Tensor]) -> tuple[int, int]:
+    """(real, fed) input tokens of a batch: fed counts padding, real does not; 0 for
+    families without token inputs (pixels, audio features)."""
+    mask = batch.get("attention_mask")
+    if mask is not None and mask.dim() == 2:
+        return int(mask.sum()), mask.numel()
+    ids = batch.get("input_ids")
+    return (ids.numel(), ids.numel()) if ids is not None else (0, 0)
+
+
 def _train_one_epoch(
-    engine: Any, shard: Any, task: Any, spec: Any, state: TrainState, steps: int, device: Any, log: Any
+    engine: Any,
+    shard: Any,
+    task: Any,
+    spec: Any,
+    state: TrainState,
+    steps: int,
+    device: Any,
+    log: Any,
+    probe: _FirstStep | None = None,
 ) -> dict[str, float]:
     engine.train()
     skip = state.batches_into_epoch
-    loss_sum, batches, samples = 0.0, 0, 0
+    # The loss is summed on the device: reading it every step would wait for the GPU.
+    loss_sum, batches, samples = torch.zeros((), device=device), 0, 0
+    tokens, fed, waited = 0, 0, 0.0
     window_start, window_samples = time.perf_counter(), 0
-    epoch_start = time.perf_counter()
+    epoch_start = fetch_start = time.perf_counter()
     for index, batch in enumerate(_batches(shard, task, spec, device, training=True)):
         if index < skip:  # resuming mid-epoch: these batches were trained before the restart
             continue
+        waited += time.perf_counter() - fetch_start
         loss = engine(**task.model_inputs(batch)).loss
         _backward(engine, loss)
+        if probe is not None:
+            probe.after_backward()
         engine.step()
         size = _rows(batch)
-        loss_sum += float(loss.detach())
+        loss_sum += loss.detach().float()
         batches += 1
         samples += size
         window_samples += size
+        real, padded = _tokens(batch)
+        tokens, fed = tokens + real, fed + padded
         state.batches_into_epoch = index + 1
         if (index + 1) % spec.train.gradient_accumulation_steps == 0:
             state.global_step += 1
+            if probe is not None:
+                probe.stepped()
             if state.global_step % spec.train.log_every_n_steps == 0:
                 now = time.perf_counter()
                 log(
                     f"epoch {state.epoch + 1} step {state.global_step}/{steps} "
-                    f"loss {loss_sum / batches:.4f} lr {engine.get_lr()[0]:.2e} "
+                    f"loss {float(loss_sum) / batches:.4f} lr {engine.get_lr()[0]:.2e} "
                     f"{window_samples / (now - window_start):.1f} samples/s/worker"
                 )
                 window_start, window_samples = now, 0
@@ -516,16 +626,24 @@ def _train_one_epoch(
                     {
                         "epoch": state.epoch,
                         "global_step": state.global_step,
-                        "train_loss": loss_sum / batches,
+                        "train_loss": float(loss_sum) / batches,
                     },
                 )
             if _done(state, spec):
                 break
+        fetch_start = time.perf_counter()
     seconds = time.perf_counter() - epoch_start
+
+    def rate(count: float) -> float:
+        return count / seconds if seconds > 0 else 0.0
+
     return {
-        "loss": loss_sum / max(batches, 1),
+        "loss": float(loss_sum) / max(batches, 1),
         "samples": samples,
-        "samples_per_second": samples / seconds if seconds > 0 else 0.0,
+        "samples_per_second": rate(samples),
+        "tokens_per_second": rate(tokens),
+        "padded_tokens_per_second": rate(fed),
+        "data_wait_fraction": waited / seconds if seconds > 0 else 0.0,
     }
 
 
