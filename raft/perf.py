@@ -156,7 +156,8 @@ STAGES = (
     ("workers_started", "Train worker group"),
     ("model_loaded", "model load"),
     ("engine_ready", "DeepSpeed init"),
-    ("first_step", "first evaluation and step"),
+    ("evaluated", "evaluation before training"),
+    ("first_step", "first training batch and step"),
 )
 
 

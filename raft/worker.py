@@ -103,6 +103,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
         initial.update(epoch=0, global_step=0)
         state.history.append(initial)
         log(f"before training: {_format(initial)}")
+    timeline["evaluated"] = time.time()
 
     loop_start, samples_seen, probe = time.perf_counter(), 0, _FirstStep(timeline, engine)
     while state.epoch < spec.train.epochs and not _done(state, spec):

@@ -25,6 +25,7 @@ PURE = [
     "raft.serving",
     "raft.checkpoints",
     "raft.failures",
+    "raft.perf",
 ]
 
 

@@ -132,15 +132,23 @@ def test_live_tensor_bytes_counts_each_storage_once():
 
 
 def test_first_step_breakdown():
-    stamps = {"fit_started": 100.0, "cluster_ready": 104.5, "data_ready": 105.0, "first_step": 130.0}
+    stamps = {
+        "fit_started": 100.0,
+        "cluster_ready": 104.5,
+        "data_ready": 105.0,
+        "evaluated": 127.0,
+        "first_step": 130.0,
+    }
     assert perf.first_step_breakdown(stamps, command_started=98.0) == {
         "imports": 2.0,
         "checks and cluster start": 4.5,
         "data check": 0.5,
-        "first evaluation and step": 25.0,
+        "evaluation before training": 22.0,
+        "first training batch and step": 3.0,
     }
     assert list(perf.first_step_breakdown(stamps)) == [
         "checks and cluster start",
         "data check",
-        "first evaluation and step",
+        "evaluation before training",
+        "first training batch and step",
     ]
