@@ -42,8 +42,10 @@ format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# The benchmark suite (benchmarks/suite.py): report in benchmarks/results/<date>.{json,md,png}.
+# BENCH_ARGS="--quick" for a smoke test, "--only throughput,first_step" for some sections.
 bench: install
-	$(BIN)/python benchmarks/train_throughput.py
+	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
 clean:
 	rm -rf runs .pytest_cache

@@ -9,15 +9,16 @@ thread each (torch.distributed, gloo). Steady state = the second epoch (the firs
 start-up and warm caches). The plain loop runs twice: with torch's default AdamW (the loop
 as usually written) and with the fused AdamW raft uses, so the second ratio isolates what
 raft's machinery (Ray, Ray Data, DeepSpeed) costs. Prints samples/s per worker and ratios.
+
+The suite (``python -m benchmarks``, ``make bench``) measures this and more side by side on
+long (128-token) texts; this script stays for a quick look at one setting.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,69 +58,22 @@ def run_raft(args, output_dir: str) -> float:
     return outcome.history[-1]["samples_per_second"]  # epoch 2, per worker
 
 
-# -- the plain baseline -----------------------------------------------------------------
-def _plain_worker(rank: int, args, fused: bool, port: int, queue) -> None:
-    import torch
-    import torch.distributed as dist
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    torch.set_num_threads(1)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
-    rows = [json.loads(line) for line in TRAIN.read_text().splitlines()]
-    names = sorted({r["label"] for r in rows})
-    shard = rows[rank : len(rows) - len(rows) % 2 : 2]
-    tokenizer = AutoTokenizer.from_pretrained(model_path())
-    torch.manual_seed(0)
-    model = AutoModelForSequenceClassification.from_pretrained(model_path(), num_labels=len(names))
-    if args.technique == "lora":
-        from peft import LoraConfig, get_peft_model
-
-        model = get_peft_model(
-            model,
-            LoraConfig(task_type="SEQ_CLS", r=8, lora_alpha=16, target_modules=["query", "key", "value"]),
-        )
-    model = torch.nn.parallel.DistributedDataParallel(model)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=fused)
-    rates = []
-    for _epoch in range(2):
-        start, seen = time.perf_counter(), 0
-        for i in range(0, len(shard), args.batch_size):
-            chunk = shard[i : i + args.batch_size]
-            batch = tokenizer(
-                [r["text"] for r in chunk],
-                padding=True,
-                truncation=True,
-                max_length=args.max_length,
-                return_tensors="pt",
-            )
-            labels = torch.tensor([names.index(r["label"]) for r in chunk])
-            loss = model(**batch, labels=labels).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            optimizer.zero_grad()
-            seen += len(chunk)
-        rates.append(seen / (time.perf_counter() - start))
-    if rank == 0:
-        queue.put(rates[-1])
-    dist.destroy_process_group()
-
-
+# -- the plain baseline: benchmarks/plain_ddp.py (also the suite's) ---------------------
 def run_plain(args, fused: bool) -> float:
-    import torch.multiprocessing as mp
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.plain_ddp import PlainConfig, launch
 
-    context = mp.get_context("spawn")
-    queue = context.Queue()
-    processes = [
-        context.Process(target=_plain_worker, args=(rank, args, fused, 29613, queue)) for rank in range(2)
-    ]
-    for process in processes:
-        process.start()
-    rate = queue.get()
-    for process in processes:
-        process.join()
-    return rate
+    result = launch(
+        PlainConfig(
+            train=str(TRAIN),
+            model=model_path(),
+            technique=args.technique,
+            batch_size=args.batch_size,
+            max_length=args.max_length,
+            fused=fused,
+        )
+    )
+    return result["history"][-1]["samples_per_second"]  # epoch 2, per worker (rank 0)
 
 
 def main() -> None:

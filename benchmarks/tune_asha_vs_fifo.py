@@ -1,5 +1,6 @@
 """ASHA against FIFO on the same search: total training epochs each spends, whether each
 finds a trial that reaches the target metric, and the search's own overhead.
+Results: benchmarks/results/tune_asha_vs_fifo.json (read by `python -m benchmarks`).
 
     python benchmarks/tune_asha_vs_fifo.py                # 8 trials × 9 epochs each way (~20 min here)
     python benchmarks/tune_asha_vs_fifo.py --metric val_accuracy --target 0.95
@@ -26,6 +27,8 @@ import json
 import tempfile
 import time
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(scheduler: str, args: argparse.Namespace, root: Path, model: Path, data: dict) -> dict:
@@ -91,6 +94,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--metric", default="val_loss", help="what ASHA compares trials by")
     parser.add_argument("--target", type=float, default=0.1, help="the metric's value a search must reach")
+    parser.add_argument("--output", default=str(ROOT / "benchmarks/results/tune_asha_vs_fifo.json"))
     args = parser.parse_args()
 
     import ray
@@ -125,7 +129,21 @@ def main() -> None:
     print(
         f"\nASHA used {asha['total_epochs']} epochs, FIFO {fifo['total_epochs']}: ratio {ratio:.2f} (target ≤ 0.50)"
     )
-    print("RESULT " + json.dumps({"metric": args.metric, "results": results, "epoch_ratio": round(ratio, 3)}))
+    result = {
+        "metric": args.metric,
+        "target": args.target,
+        "trials": args.trials,
+        "epochs": args.epochs,
+        "reduction_factor": args.reduction_factor,
+        "seed": args.seed,
+        "results": results,
+        "epoch_ratio": round(ratio, 3),
+    }
+    print("RESULT " + json.dumps(result))
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(result, indent=2))
+    print(f"wrote {output}")
 
 
 if __name__ == "__main__":
