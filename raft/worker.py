@@ -559,12 +559,13 @@ def _gather_memory(measured: dict[str, float] | None, use_gpu: bool) -> dict[str
     return {key: [rank[key] for rank in everyone] for key in mine}
 
 
-def _tokens(batch: dict[str, torch.Tensor]) -> tuple[int, int]:
+def _tokens(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor | int, int]:
     """(real, fed) input tokens of a batch: fed counts padding, real does not; 0 for
-    families without token inputs (pixels, audio features)."""
+    families without token inputs (pixels, audio features). ``real`` stays a tensor on
+    the batch's device: reading it would wait for the GPU."""
     mask = batch.get("attention_mask")
     if mask is not None and mask.dim() == 2:
-        return int(mask.sum()), mask.numel()
+        return mask.sum(), mask.numel()
     ids = batch.get("input_ids")
     return (ids.numel(), ids.numel()) if ids is not None else (0, 0)
 
@@ -584,7 +585,7 @@ def _train_one_epoch(
     skip = state.batches_into_epoch
     # The loss is summed on the device: reading it every step would wait for the GPU.
     loss_sum, batches, samples = torch.zeros((), device=device), 0, 0
-    tokens, fed, waited = 0, 0, 0.0
+    tokens, fed, waited = torch.zeros((), dtype=torch.long, device=device), 0, 0.0
     window_start, window_samples = time.perf_counter(), 0
     epoch_start = fetch_start = time.perf_counter()
     for index, batch in enumerate(_batches(shard, task, spec, device, training=True)):
@@ -602,7 +603,8 @@ def _train_one_epoch(
         samples += size
         window_samples += size
         real, padded = _tokens(batch)
-        tokens, fed = tokens + real, fed + padded
+        tokens += real
+        fed += padded
         state.batches_into_epoch = index + 1
         if (index + 1) % spec.train.gradient_accumulation_steps == 0:
             state.global_step += 1
@@ -642,7 +644,7 @@ def _train_one_epoch(
         "loss": float(loss_sum) / max(batches, 1),
         "samples": samples,
         "samples_per_second": rate(samples),
-        "tokens_per_second": rate(tokens),
+        "tokens_per_second": rate(int(tokens)),
         "padded_tokens_per_second": rate(fed),
         "data_wait_fraction": waited / seconds if seconds > 0 else 0.0,
     }
