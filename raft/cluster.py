@@ -15,7 +15,7 @@ import ray
 
 from raft import storage
 from raft.nodes import VERSIONED, NodeReport, storage_problems
-from raft.resources import LOCAL_SYSTEM_CONFIG, local_cluster_cpus, resource_problems
+from raft.resources import LOCAL_SYSTEM_CONFIG, local_cluster_cpus, resource_problems, use_local_env
 
 
 class ClusterError(RuntimeError):
@@ -42,6 +42,7 @@ def connect(
             # The dashboard (on 127.0.0.1 only) serves Ray's state API, which Ray Train's
             # placement-group cleaner polls every second; without it every run logs a
             # warning a second and orphaned placement groups are never cleaned up.
+            use_local_env()
             ray.init(
                 num_cpus=local_cluster_cpus(spec, concurrent_runs),
                 include_dashboard=True,

@@ -16,6 +16,7 @@ gets scheduled and the run waits forever without an error. So raft always keeps
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 DATA_CPUS = 2
@@ -48,6 +49,19 @@ WORKER_REUSE_SYSTEM_CONFIG = {"idle_worker_killing_time_threshold_ms": 600_000, 
 # A local cluster exports no metrics: a CI run here lost a worker to a segfault inside
 # Ray's OpenTelemetry metrics thread (Meter::Collect), failing a run; nothing local reads them.
 LOCAL_SYSTEM_CONFIG = {**WORKER_REUSE_SYSTEM_CONFIG, "enable_metrics_collection": False}
+# Ray Train starts a PreemptionWatcher actor per run to notice nodes being drained (spot
+# reclaims). A one-machine local cluster is never drained, and the actor's process start
+# competes with the workers' model load: without it three tiny runs in one warm cluster
+# took 91 s against 96 (benchmarks/fit_timeline.py). Read by the Train controller, which
+# inherits the environment of the process that starts the local cluster. Real clusters
+# (cluster/raft-cluster.sh) keep the watcher.
+LOCAL_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+
+
+def use_local_env() -> None:
+    """Set LOCAL_ENV (where the user has not) before a local cluster starts."""
+    for key, value in LOCAL_ENV.items():
+        os.environ.setdefault(key, value)
 
 
 def local_cluster_cpus(spec: Any, concurrent_runs: int = 1) -> int:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import pytest
 import ray
 
-from raft.resources import LOCAL_SYSTEM_CONFIG
+from raft.resources import LOCAL_SYSTEM_CONFIG, use_local_env
 
 
 @pytest.fixture(scope="session", autouse=True)
 def ray_cluster():
     # 4 logical CPUs on a 2-core machine: 2 Train workers + room for Ray Data (see
     # raft.resources for why the data pipeline needs CPUs of its own).
+    use_local_env()
     ray.init(  # as raft.cluster does
         num_cpus=4,
         include_dashboard=True,

@@ -95,6 +95,16 @@ def test_trains_and_exports(tiny_bert, toy_data, tmp_path, deepspeed, technique)
     assert summary["after"] == outcome.history[-1]["val_accuracy"]
     assert summary["parameters"]["trainable"] <= summary["parameters"]["total"]
     assert_performance_figures(summary, deepspeed)
+    assert not train_actors("PreemptionWatcher")  # a local cluster runs none (raft.resources)
+
+
+def train_actors(class_name: str) -> list:
+    import ray
+    from ray.util.state import list_actors
+
+    return list_actors(
+        address=ray.get_runtime_context().gcs_address, filters=[("class_name", "=", class_name)]
+    )
 
 
 def assert_performance_figures(summary: dict, deepspeed: dict) -> None:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+
 from raft.resources import DATA_CPUS, local_cluster_cpus, required_cpus, resource_problems
 from raft.spec import validate
 
@@ -21,3 +23,14 @@ def test_too_small_cluster_names_what_is_missing():
     assert "has 8 CPUs" in problems[0] and "needs 10" in problems[0]
     assert "has 2 GPUs" in problems[1] and "needs 4" in problems[1]
     assert resource_problems(spec, {"CPU": 10.0, "GPU": 4.0}) == []
+
+
+def test_local_clusters_start_without_the_preemption_watcher_unless_the_user_says(monkeypatch):
+    from raft.resources import use_local_env
+
+    monkeypatch.delenv("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", raising=False)
+    use_local_env()
+    assert os.environ["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == "0"
+    monkeypatch.setenv("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "1")
+    use_local_env()
+    assert os.environ["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == "1"
