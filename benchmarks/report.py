@@ -224,7 +224,8 @@ def markdown(report: dict[str, Any], plots: dict[str, str] | None = None) -> str
         + (f"; git {machine['git']}" if machine.get("git") else "")
         + ".",
         "",
-        f"Command: `{report.get('command', 'python -m benchmarks')}`",
+        f"Command: `{report.get('command', 'python -m benchmarks')}` (the last one; a report merges"
+        " the day's runs, and each section below says when it was measured)",
         "",
     ]
     counts = summary_counts(report["figures"])
