@@ -62,6 +62,7 @@ class Context:
     root: Path  # this suite run's folder: data, specs, run outputs, logs
     sizes: Sizes
     address: str | None = None
+    repeats: int = 1  # the throughput section runs each config this many times, round-robin
     data: dict[str, Path] = field(default_factory=dict)
     data_facts: dict[str, Any] = field(default_factory=dict)
     raft_runs: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -241,17 +242,27 @@ def raft_run(
     offload_optimizer: bool = False,
     workers: int = 2,
     address: str | None = None,
+    repeat: int = 0,
 ) -> dict[str, Any]:
-    """The MiniLM classification run of these settings (made once per suite run)."""
+    """The MiniLM classification run of these settings (made once per suite run; ``repeat``
+    k > 0 is another run of the same settings)."""
     name = f"{technique}-zero{zero_stage}{'-offload' if offload_optimizer else ''}-w{workers}"
-    name += "-cluster" if address else ""
+    name += ("-cluster" if address else "") + repeat_suffix(repeat)
     if name in ctx.raft_runs:
         return ctx.raft_runs[name]
-    label = raft_label(technique, zero_stage, offload_optimizer, workers, address)
+    label = raft_label(technique, zero_stage, offload_optimizer, workers, address) + repeat_label(repeat)
     spec = classification_spec(ctx, name, technique, zero_stage, offload_optimizer, workers)
     run = run_raft_spec(ctx, name, spec, label, address)
     print("  " + describe_run(run), flush=True)
     return run
+
+
+def repeat_suffix(repeat: int) -> str:
+    return f"-r{repeat + 1}" if repeat else ""
+
+
+def repeat_label(repeat: int) -> str:
+    return f" (run {repeat + 1})" if repeat else ""
 
 
 def _record(log_path: Path, run: dict[str, Any], command: list[str]) -> None:
@@ -354,12 +365,17 @@ def run_row(run: dict[str, Any], label: str | None = None) -> dict[str, Any]:
 
 # -- plain DDP runs ---------------------------------------------------------------------
 def plain_run(
-    ctx: Context, technique: str = "full", fused: bool = True, zero_stage: int | None = None
+    ctx: Context,
+    technique: str = "full",
+    fused: bool = True,
+    zero_stage: int | None = None,
+    repeat: int = 0,
 ) -> dict[str, Any]:
     """benchmarks/plain_ddp.py in a subprocess (timed from Popen to its first step);
-    ``zero_stage``: its plain DeepSpeed loop at that stage instead of DDP."""
+    ``zero_stage``: its plain DeepSpeed loop at that stage instead of DDP; ``repeat`` as
+    for raft_run."""
     name = f"plain-{technique}{'' if fused else '-default-adamw'}"
-    name += "" if zero_stage is None else f"-deepspeed{zero_stage}"
+    name += ("" if zero_stage is None else f"-deepspeed{zero_stage}") + repeat_suffix(repeat)
     if name in ctx.plain_runs:
         return ctx.plain_runs[name]
     data = ensure_data(ctx)
@@ -369,7 +385,7 @@ def plain_run(
     log_path = ctx.root / "logs" / f"{name}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     loop = "plain DDP" if zero_stage is None else f"plain DeepSpeed ZeRO {zero_stage}"
-    label = f"{loop} {technique}" + ("" if fused else " (default AdamW)")
+    label = f"{loop} {technique}" + ("" if fused else " (default AdamW)") + repeat_label(repeat)
     command = [
         sys.executable,
         str(ROOT / "benchmarks/plain_ddp.py"),

@@ -35,6 +35,31 @@ def ratio(raft: float | None, baseline: float | None) -> float | None:
     return raft / baseline
 
 
+def repeated(values: list[float]) -> dict[str, Any]:
+    """One config's rate over repeated runs: median, min, max and spread ((max − min) /
+    median), so a ratio can be read against the noise between runs of the same thing."""
+    if not values:
+        raise ValueError("no runs to summarise")
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    median = ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+    return {
+        "values": list(values),
+        "median": median,
+        "min": ordered[0],
+        "max": ordered[-1],
+        "spread": (ordered[-1] - ordered[0]) / median if median else None,
+    }
+
+
+def paired_ratios(raft: list[float], baseline: list[float]) -> dict[str, Any]:
+    """raft / baseline round by round (runs of one round ran back to back), summarised as
+    ``repeated`` does: drift over the suite's run cancels within a round."""
+    if len(raft) != len(baseline):
+        raise ValueError(f"{len(raft)} raft runs against {len(baseline)} baseline runs")
+    return repeated([r / b for r, b in zip(raft, baseline, strict=True)])
+
+
 def target(on: str, op: str, value: float, text: str | None = None) -> dict[str, Any]:
     """A target: ``on`` one of TARGET_ON, ``op`` one of OPS; ``text`` overrides how it reads."""
     if on not in TARGET_ON:
@@ -259,6 +284,31 @@ def section_details(name: str, section: dict[str, Any]) -> list[str]:
         rows = [[stage, f"{seconds:.1f}"] for stage, seconds in section["raft_stages"].items()]
         rows.append(["total (command start → first step)", f"{section.get('raft_seconds', 0):.1f}"])
         lines += ["", markdown_table(["raft stage", "seconds"], rows)]
+    if name == "throughput" and section.get("repeats"):
+        rows = []
+        for key, metrics in section["repeats"].items():
+            summary = metrics["samples_per_second"]
+            rows.append(
+                [
+                    key,
+                    ", ".join(format_value(v) for v in summary["values"]),
+                    format_value(summary["median"]),
+                    "—" if summary["spread"] is None else f"{100 * summary['spread']:.1f}%",
+                ]
+            )
+        for key, summary in (section.get("paired") or {}).items():
+            rows.append(
+                [
+                    key,
+                    ", ".join(format_ratio(v) for v in summary["values"]),
+                    format_ratio(summary["median"]),
+                    f"{format_ratio(summary['min'])}–{format_ratio(summary['max'])}",
+                ]
+            )
+        lines += [
+            "",
+            markdown_table(["config or pair", "samples/s per worker, run by run", "median", "spread"], rows),
+        ]
     if name == "memory" and section.get("configs"):
         rows = [
             [

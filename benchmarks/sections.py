@@ -17,7 +17,7 @@ from typing import Any
 
 from benchmarks import common
 from benchmarks.common import BenchError, Context
-from benchmarks.report import figure, target
+from benchmarks.report import figure, paired_ratios, repeated, target
 
 THROUGHPUT_TARGET = 0.95
 MFU_TARGET = 0.7
@@ -28,41 +28,80 @@ MiB = 1024 * 1024
 
 # -- 1. throughput ----------------------------------------------------------------------
 def throughput(ctx: Context) -> dict[str, Any]:
-    """Plain DDP (fused AdamW) vs raft at ZeRO 0, 2 and 3, full fine-tuning, 2 workers."""
-    plain = common.plain_run(ctx, "full")
-    plain_epoch = plain["history"][-1]
-    figures, runs = [], [common.run_row(plain)]
+    """Plain DDP (fused AdamW) vs raft at ZeRO 0, 2 and 3, full fine-tuning, 2 workers; at
+    ZeRO 2 and 3 also vs a plain DeepSpeed loop. With ``ctx.repeats`` > 1 every config runs
+    that many times, round-robin (plain, raft 0, raft 2, DeepSpeed 2, raft 3, DeepSpeed 3,
+    then again), and the figures are medians: two runs of the same config differ here by
+    more than the gaps being measured."""
+    order: list[tuple[str, Any]] = [
+        ("plain", lambda r: common.plain_run(ctx, "full", repeat=r)),
+        ("raft 0", lambda r: common.raft_run(ctx, "full", 0, repeat=r)),
+        ("raft 2", lambda r: common.raft_run(ctx, "full", 2, repeat=r)),
+        ("deepspeed 2", lambda r: common.plain_run(ctx, "full", zero_stage=2, repeat=r)),
+        ("raft 3", lambda r: common.raft_run(ctx, "full", 3, repeat=r)),
+        ("deepspeed 3", lambda r: common.plain_run(ctx, "full", zero_stage=3, repeat=r)),
+    ]
+    epochs: dict[str, list[dict[str, Any]]] = {key: [] for key, _ in order}
+    runs = []
+    for repeat in range(ctx.repeats):
+        for key, make in order:
+            run = make(repeat)
+            epochs[key].append(
+                run["history"][-1] if key.startswith(("plain", "deepspeed")) else common.steady_epoch(run)
+            )
+            runs.append(common.run_row(run))
+
+    def rates(key: str, metric: str) -> list[float]:
+        return [float(epoch[metric]) for epoch in epochs[key]]
+
+    figures, repeats = [], {}
+    for key, _ in order:
+        repeats[key] = {m: repeated(rates(key, m)) for m in ("samples_per_second", "tokens_per_second")}
     for stage in (0, 2, 3):
-        run = common.raft_run(ctx, "full", stage)
-        epoch = common.steady_epoch(run)
-        runs.append(common.run_row(run))
-        for key, unit in (("samples_per_second", "samples/s"), ("tokens_per_second", "tokens/s")):
+        mine = f"raft {stage}"
+        for metric, unit in (("samples_per_second", "samples/s"), ("tokens_per_second", "tokens/s")):
             figures.append(
                 figure(
                     "throughput",
                     f"{unit} per worker, full, ZeRO {stage}",
-                    epoch[key],
-                    plain_epoch[key],
+                    repeats[mine][metric]["median"],
+                    repeats["plain"][metric]["median"],
                     unit=unit,
                     baseline_label="plain DDP, fused AdamW",
                     goal=target("ratio", ">=", THROUGHPUT_TARGET),
                 )
             )
         if stage:  # what raft adds to DeepSpeed itself, apart from what ZeRO costs
-            deepspeed = common.plain_run(ctx, "full", zero_stage=stage)
-            runs.append(common.run_row(deepspeed))
             figures.append(
                 figure(
                     "throughput",
                     f"samples/s per worker, full, ZeRO {stage}",
-                    epoch["samples_per_second"],
-                    deepspeed["history"][-1]["samples_per_second"],
+                    repeats[mine]["samples_per_second"]["median"],
+                    repeats[f"deepspeed {stage}"]["samples_per_second"]["median"],
                     unit="samples/s",
                     baseline_label=f"plain DeepSpeed ZeRO {stage} loop, no Ray",
                     goal=target("ratio", ">=", THROUGHPUT_TARGET),
                 )
             )
-    return {"figures": figures, "runs": runs}
+    pairs = {
+        f"raft ZeRO {stage} / {base}": paired_ratios(
+            rates(f"raft {stage}", "samples_per_second"), rates(key, "samples_per_second")
+        )
+        for stage, key, base in (
+            (0, "plain", "plain DDP"),
+            (2, "plain", "plain DDP"),
+            (2, "deepspeed 2", "plain DeepSpeed ZeRO 2"),
+            (3, "plain", "plain DDP"),
+            (3, "deepspeed 3", "plain DeepSpeed ZeRO 3"),
+        )
+    }
+    notes = []
+    if ctx.repeats > 1:
+        notes.append(
+            f"{ctx.repeats} runs of every config, round-robin; figures are medians. Spread is (max − min) / "
+            "median over one config's runs; a paired ratio divides raft by the baseline run of the same round."
+        )
+    return {"figures": figures, "runs": runs, "repeats": repeats, "paired": pairs, "notes": notes}
 
 
 # -- 2. MFU -----------------------------------------------------------------------------

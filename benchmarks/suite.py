@@ -70,9 +70,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--output-dir", default=str(RESULTS), help="where the report goes (default: %(default)s)"
     )
     parser.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="runs of every throughput config, round-robin; figures are medians (default %(default)s; 1 with --quick)",
+    )
+    parser.add_argument(
         "--address", help="a Ray cluster (ray://HEAD:10001) for the multi-node scaling figure"
     )
     args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
     args.sections = selected_sections(args.only, args.gpu)
     return args
 
@@ -204,7 +212,10 @@ def main(argv: list[str] | None = None) -> int:
             batch_size=gpu_sizes.batch_size,
         )
     ctx = Context(
-        root=output_dir / "runs" / f"{stem}-{started.strftime('%H%M%S')}", sizes=sizes, address=args.address
+        root=output_dir / "runs" / f"{stem}-{started.strftime('%H%M%S')}",
+        sizes=sizes,
+        address=args.address,
+        repeats=1 if args.quick else args.repeats,
     )
     print(f"raft benchmarks: {', '.join(args.sections)}; run folder {ctx.root}", flush=True)
     if args.dry_run:

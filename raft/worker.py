@@ -27,6 +27,7 @@ from raft.deepspeed_config import (
     build_deepspeed_config,
     parameter_groups,
     resolve_precision,
+    size_buckets,
     total_steps,
     uses_client_optimizer,
     warmup_steps,
@@ -84,6 +85,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
         f"model: {total:,} parameters, {trainable:,} trainable ({100 * trainable / max(total, 1):.2f}%) "
         f"· {spec.technique.type} · ZeRO {spec.deepspeed.zero_stage} · {precision} · {world_size} workers"
     )
+    ds_config = size_buckets(ds_config, trainable, spec.deepspeed.config)
     engine = _deepspeed_engine(model, spec, task, ds_config, steps)
     device = engine.device
     timeline["engine_ready"] = time.time()

@@ -14,6 +14,18 @@ from benchmarks import report, sections, suite
 from benchmarks.report import check_target, figure, ratio, table_rows, target
 
 
+def test_repeated_runs_summarised():
+    summary = report.repeated([6.0, 9.0, 7.0, 8.0])
+    assert summary["median"] == 7.5 and summary["min"] == 6.0 and summary["max"] == 9.0
+    assert summary["spread"] == pytest.approx(3.0 / 7.5)
+    assert report.repeated([5.0])["spread"] == 0
+    assert report.paired_ratios([1.0, 3.0], [2.0, 2.0])["values"] == [0.5, 1.5]
+    with pytest.raises(ValueError, match="2 raft runs against 1 baseline"):
+        report.paired_ratios([1.0, 3.0], [2.0])
+    with pytest.raises(ValueError, match="no runs"):
+        report.repeated([])
+
+
 def test_ratio():
     assert ratio(9.0, 10.0) == pytest.approx(0.9)
     assert ratio(None, 10.0) is None
@@ -262,21 +274,24 @@ def test_sections_on_made_up_runs(tmp_path, monkeypatch):
 
     ctx = common.Context(root=tmp_path, sizes=common.QUICK)
 
-    def raft_run(ctx, technique="full", zero_stage=0, offload_optimizer=False, workers=2, address=None):
-        name = f"{technique}-{zero_stage}-{offload_optimizer}-{workers}"
+    def raft_run(
+        ctx, technique="full", zero_stage=0, offload_optimizer=False, workers=2, address=None, repeat=0
+    ):
+        name = f"{technique}-{zero_stage}-{offload_optimizer}-{workers}-{repeat}"
         run = {
             "label": name,
             "t0": 1000.0,
-            "summary": fake_summary(7.0 if workers == 2 else 8.0, workers),
+            # repeats of raft ZeRO 0: 7.0, 9.0, 5.0 (median 7.0)
+            "summary": fake_summary((7.0, 9.0, 5.0)[repeat] if workers == 2 else 8.0, workers),
             "spec": {"technique": {"type": technique}},
         }
         ctx.raft_runs[name] = run
         return run
 
-    def plain_run(ctx, technique="full", fused=True, zero_stage=None):
+    def plain_run(ctx, technique="full", fused=True, zero_stage=None, repeat=0):
         run = {"label": "plain", "t0": 1000.0, "first_step": 1020.0, "memory": {"tensor_mb": 380.0}}
-        name = f"plain-{technique}" + ("" if zero_stage is None else f"-deepspeed{zero_stage}")
-        ctx.plain_runs[name] = fake_summary(7.2 if zero_stage is None else 6.0) | run
+        name = f"plain-{technique}-{repeat}" + ("" if zero_stage is None else f"-deepspeed{zero_stage}")
+        ctx.plain_runs[name] = fake_summary((7.2, 7.2, 10.0)[repeat] if zero_stage is None else 6.0) | run
         return ctx.plain_runs[name]
 
     monkeypatch.setattr(common, "raft_run", raft_run)
@@ -291,6 +306,17 @@ def test_sections_on_made_up_runs(tmp_path, monkeypatch):
     assert out["figures"][0]["ratio"] == pytest.approx(7.0 / 7.2)
     against_deepspeed = [f for f in out["figures"] if "DeepSpeed" in (f.get("baseline_label") or "")]
     assert len(against_deepspeed) == 2 and against_deepspeed[0]["ratio"] == pytest.approx(7.0 / 6.0)
+    ctx.repeats = 3  # medians over round-robin repeats: raft 7, 9, 5 against plain 7.2, 7.2, 10
+    out = sections.throughput(ctx)
+    assert len(out["runs"]) == 18
+    assert out["figures"][0]["raft"] == 7.0 and out["figures"][0]["baseline"] == 7.2
+    paired = out["paired"]["raft ZeRO 0 / plain DDP"]
+    assert paired["values"] == pytest.approx([7.0 / 7.2, 9.0 / 7.2, 0.5])
+    assert paired["median"] == pytest.approx(7.0 / 7.2)
+    assert out["repeats"]["raft 0"]["samples_per_second"]["spread"] == pytest.approx(4.0 / 7.0)
+    details = "\n".join(report.section_details("throughput", out))
+    assert "7.00, 9.00, 5.00" in details and "57.1%" in details
+    ctx.repeats = 1
     out = sections.mfu(ctx)
     assert out["figures"][0]["ratio"] == pytest.approx(7.0 / 7.2)
     assert 0 < out["figures"][0]["raft"] < 1

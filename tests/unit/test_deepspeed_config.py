@@ -7,6 +7,7 @@ from raft.deepspeed_config import (
     build_deepspeed_config,
     parameter_groups,
     resolve_precision,
+    size_buckets,
     steps_per_epoch,
     total_steps,
     uses_client_optimizer,
@@ -82,6 +83,31 @@ def test_raw_config_passes_through_deep_merged():
     assert config["zero_optimization"]["reduce_bucket_size"] == 123
     assert config["zero_optimization"]["stage"] == 2  # kept from raft's config
     assert config["steps_per_print"] == 5
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+def test_buckets_are_capped_at_the_trainable_parameters(stage):
+    spec = spec_with(deepspeed={"zero_stage": stage})
+    config = build_deepspeed_config(spec, "fp32")
+    sized = size_buckets(config, 22_713_604, spec.deepspeed.config)
+    zero = sized["zero_optimization"]
+    if stage == 0:
+        assert sized == config  # DDP's buckets are not DeepSpeed's
+        return
+    assert zero["reduce_bucket_size"] == 22_713_604
+    assert ("allgather_bucket_size" in zero) == (stage in (1, 2))  # ZeRO-3 gathers by prefetch size
+    assert "reduce_bucket_size" not in config["zero_optimization"]  # the input is left as it was
+    # A model over DeepSpeed's default keeps the default.
+    assert size_buckets(config, 7_000_000_000, {})["zero_optimization"]["reduce_bucket_size"] == 500_000_000
+
+
+def test_bucket_sizes_the_user_wrote_are_kept():
+    spec = spec_with(
+        deepspeed={"zero_stage": 2, "config": {"zero_optimization": {"reduce_bucket_size": 123}}}
+    )
+    config = build_deepspeed_config(spec, "fp32")
+    zero = size_buckets(config, 22_713_604, spec.deepspeed.config)["zero_optimization"]
+    assert zero["reduce_bucket_size"] == 123 and zero["allgather_bucket_size"] == 22_713_604
 
 
 def test_parameter_groups_skip_decay_on_bias_and_norms():
