@@ -106,10 +106,10 @@ def write_jsonl(rows: list[dict], path: Path) -> Path:
 
 def ensure_data(ctx: Context) -> dict[str, Path]:
     """The benchmark's train/validation files in the run folder (made once)."""
-    if ctx.data:
+    if "train" in ctx.data:
         return ctx.data
     sizes = ctx.sizes
-    ctx.data = {
+    ctx.data |= {
         "train": write_jsonl(
             long_rows(TOPICS / "train.jsonl", sizes.train_rows, seed=0), ctx.root / "data/train.jsonl"
         ),
@@ -142,6 +142,22 @@ def ensure_data(ctx: Context) -> dict[str, Path]:
         flush=True,
     )
     return ctx.data
+
+
+def ensure_varied_data(ctx: Context) -> dict[str, Path]:
+    """Rows of 1-18 sentences (about 10 to over 128 tokens), for the padding section: text
+    of varied length, as real data has (made once)."""
+    if "varied_train" not in ctx.data:
+        sizes = ctx.sizes
+        for role, source, count, seed in (
+            ("train", "train.jsonl", sizes.train_rows, 2),
+            ("validation", "validation.jsonl", sizes.validation_rows, 3),
+        ):
+            ctx.data[f"varied_{role}"] = write_jsonl(
+                long_rows(TOPICS / source, count, seed=seed, sentences=(1, 18)),
+                ctx.root / f"data/varied-{role}.jsonl",
+            )
+    return {"train": ctx.data["varied_train"], "validation": ctx.data["varied_validation"]}
 
 
 # -- raft runs --------------------------------------------------------------------------
@@ -370,12 +386,16 @@ def plain_run(
     fused: bool = True,
     zero_stage: int | None = None,
     repeat: int = 0,
+    workers: int = 2,
 ) -> dict[str, Any]:
     """benchmarks/plain_ddp.py in a subprocess (timed from Popen to its first step);
     ``zero_stage``: its plain DeepSpeed loop at that stage instead of DDP; ``repeat`` as
     for raft_run."""
     name = f"plain-{technique}{'' if fused else '-default-adamw'}"
-    name += ("" if zero_stage is None else f"-deepspeed{zero_stage}") + repeat_suffix(repeat)
+    name += ("" if zero_stage is None else f"-deepspeed{zero_stage}") + (
+        "" if workers == 2 else f"-w{workers}"
+    )
+    name += repeat_suffix(repeat)
     if name in ctx.plain_runs:
         return ctx.plain_runs[name]
     data = ensure_data(ctx)
@@ -385,7 +405,10 @@ def plain_run(
     log_path = ctx.root / "logs" / f"{name}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     loop = "plain DDP" if zero_stage is None else f"plain DeepSpeed ZeRO {zero_stage}"
-    label = f"{loop} {technique}" + ("" if fused else " (default AdamW)") + repeat_label(repeat)
+    label = f"{loop} {technique}" + ("" if fused else " (default AdamW)")
+    label += ("" if workers == 2 else f", {workers} process{'es' if workers > 1 else ''}") + repeat_label(
+        repeat
+    )
     command = [
         sys.executable,
         str(ROOT / "benchmarks/plain_ddp.py"),
@@ -405,6 +428,8 @@ def plain_run(
         str(sizes.lr),
         "--result",
         str(result_path),
+        "--workers",
+        str(workers),
     ] + ([] if fused else ["--default-adamw"])
     command += [] if zero_stage is None else ["--zero-stage", str(zero_stage)]
     print(f"  running {label} (log: {log_path})", flush=True)

@@ -40,6 +40,9 @@ def throughput(ctx: Context) -> dict[str, Any]:
         ("deepspeed 2", lambda r: common.plain_run(ctx, "full", zero_stage=2, repeat=r)),
         ("raft 3", lambda r: common.raft_run(ctx, "full", 3, repeat=r)),
         ("deepspeed 3", lambda r: common.plain_run(ctx, "full", zero_stage=3, repeat=r)),
+        # One worker each: a core left over for Ray's own processes (2 workers fill 2 cores here).
+        ("plain, 1 process", lambda r: common.plain_run(ctx, "full", repeat=r, workers=1)),
+        ("raft 0, 1 worker", lambda r: common.raft_run(ctx, "full", 0, workers=1, repeat=r)),
     ]
     epochs: dict[str, list[dict[str, Any]]] = {key: [] for key, _ in order}
     runs = []
@@ -83,6 +86,17 @@ def throughput(ctx: Context) -> dict[str, Any]:
                     goal=target("ratio", ">=", THROUGHPUT_TARGET),
                 )
             )
+    figures.append(
+        figure(
+            "throughput",
+            "samples/s, full, ZeRO 0, 1 worker (a core to spare for Ray's processes)",
+            repeats["raft 0, 1 worker"]["samples_per_second"]["median"],
+            repeats["plain, 1 process"]["samples_per_second"]["median"],
+            unit="samples/s",
+            baseline_label="plain loop, 1 process",
+            goal=target("ratio", ">=", THROUGHPUT_TARGET),
+        )
+    )
     pairs = {
         f"raft ZeRO {stage} / {base}": paired_ratios(
             rates(f"raft {stage}", "samples_per_second"), rates(key, "samples_per_second")
@@ -95,6 +109,9 @@ def throughput(ctx: Context) -> dict[str, Any]:
             (3, "deepspeed 3", "plain DeepSpeed ZeRO 3"),
         )
     }
+    pairs["raft ZeRO 0, 1 worker / plain, 1 process"] = paired_ratios(
+        rates("raft 0, 1 worker", "samples_per_second"), rates("plain, 1 process", "samples_per_second")
+    )
     notes = []
     if ctx.repeats > 1:
         notes.append(
@@ -227,6 +244,58 @@ def data_stall(ctx: Context) -> dict[str, Any]:
             )
         )
     return {"figures": figures}
+
+
+# -- padding: length-grouped batching ---------------------------------------------------
+def padding(ctx: Context) -> dict[str, Any]:
+    """raft (full, ZeRO 0, 2 workers) on rows of varied length, with and without
+    data.group_by_length: real tokens and rows per second, and the share of computed tokens
+    that are padding. Batches are trimmed to their longest row either way."""
+    data = common.ensure_varied_data(ctx)
+    runs, epochs = [], {}
+    for grouped in (False, True):
+        name = "full-zero0-w2-varied" + ("-grouped" if grouped else "")
+        spec = common.classification_spec(ctx, name, "full", 0, False, 2)
+        spec["data"] = {"train": str(data["train"]), "validation": str(data["validation"])}
+        spec["data"]["group_by_length"] = grouped
+        label = "raft full ZeRO 0, 2 workers, varied lengths" + (", grouped by length" if grouped else "")
+        run = common.run_raft_spec(ctx, name, spec, label)
+        epochs[grouped] = common.steady_epoch(run)
+        runs.append(common.run_row(run))
+
+    def padded_share(epoch: dict[str, Any]) -> float:
+        return 1.0 - epoch["tokens_per_second"] / epoch["padded_tokens_per_second"]
+
+    figures = [
+        figure(
+            "padding",
+            f"{unit} per worker, varied lengths, grouped by length",
+            epochs[True][key],
+            epochs[False][key],
+            unit=unit,
+            baseline_label="not grouped",
+        )
+        for key, unit in (("tokens_per_second", "tokens/s"), ("samples_per_second", "samples/s"))
+    ]
+    figures.append(
+        figure(
+            "padding",
+            "padding share of the tokens computed, grouped by length",
+            padded_share(epochs[True]),
+            padded_share(epochs[False]),
+            unit="%",
+            baseline_label="not grouped",
+        )
+    )
+    return {
+        "figures": figures,
+        "runs": runs,
+        "notes": [
+            "Rows join 1-18 topic sentences (about 10 to 128+ tokens, max_length 128); every batch "
+            "is cut to its longest row. Grouped: each worker sorts windows of data.length_window "
+            "(32) batches by length before batching."
+        ],
+    }
 
 
 # -- 5. memory --------------------------------------------------------------------------

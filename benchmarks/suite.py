@@ -42,13 +42,14 @@ from benchmarks.common import ROOT, Context
 
 RESULTS = ROOT / "benchmarks/results"
 # The report's order; DEFAULT runs these; EXTRA only when named in --only.
-ORDER = ["throughput", "mfu", "first_step", "data_stall", "memory", "scaling", "collected"]
+ORDER = ["throughput", "mfu", "first_step", "data_stall", "padding", "memory", "scaling", "collected"]
 EXTRA = ["serve", "tune"]
 # Execution order: data_stall reads every raft run made before it.
 EXECUTION = [
     "throughput",
     "mfu",
     "first_step",
+    "padding",
     "memory",
     "scaling",
     "data_stall",

@@ -101,6 +101,18 @@ class DataSection(SectionModel):
     shuffle_buffer: PositiveInt = Field(
         1000, description="Rows in the local shuffle buffer (shuffle: local)."
     )
+    group_by_length: bool = Field(
+        False,
+        description="Batch training rows of similar token length together: each worker sorts a "
+        "window of data.length_window batches by length, cuts it into batches and shuffles their "
+        "order. Batches are trimmed to their longest row, so less padding is computed; rows of "
+        "one batch are less random. Text families only (rows with an attention mask).",
+    )
+    length_window: int = Field(
+        32,
+        ge=2,
+        description="Batches per window that group_by_length sorts (more: less padding, less randomness).",
+    )
     on_bad_rows: Literal["error", "skip"] = Field(
         "error",
         description="A row the task cannot use: error stops before training, naming its file, line "
@@ -162,6 +174,11 @@ class TrainSection(SectionModel):
         "auto", description="auto: bf16 on GPUs that support it, fp32 otherwise (and on CPU)."
     )
     log_every_n_steps: PositiveInt = Field(10, description="Print progress every N steps.")
+    eval_before_training: bool = Field(
+        True,
+        description="Evaluate once before the first step: the run's baseline, shown as before → after. "
+        "It delays the first step by one pass over the validation data.",
+    )
     checkpoint_every_n_steps: PositiveInt | None = Field(
         None, description="Also checkpoint every N optimizer steps (always at epoch end)."
     )
@@ -318,6 +335,11 @@ def cross_section_problems(spec: Any) -> list[str]:
         problems.append(
             "scaling.num_workers: an elastic [min, max] run needs deepspeed.zero_stage 0, 1 or 2 "
             "(a ZeRO-3 checkpoint only loads into the number of workers that wrote it)"
+        )
+    if spec.data.group_by_length and not task.token_inputs:
+        problems.append(
+            f"data.group_by_length: {task.name} rows have no token length to group by "
+            "(its inputs are fixed-size pixels or audio features)"
         )
     if spec.train.precision in ("bf16", "fp16") and not spec.scaling.use_gpu:
         problems.append(

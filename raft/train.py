@@ -291,7 +291,7 @@ def _summary(spec: Any, labels: LabelMap | None, returned: dict, wall_seconds: f
         "run": spec.run_name,
         "model_dir": str(model_dir),
         "primary_metric": key,
-        "before": history[0].get(key) if history else None,
+        "before": history[0].get(key) if history and history[0].get("epoch") == 0 else None,
         "after": history[-1].get(key) if history else None,
         "history": history,
         "parameters": returned.get("parameters"),

@@ -22,7 +22,7 @@ import ray.train
 import torch
 import torch.distributed as dist
 
-from raft import checkpoints, perf, registry
+from raft import batching, checkpoints, perf, registry
 from raft.deepspeed_config import (
     build_deepspeed_config,
     parameter_groups,
@@ -100,7 +100,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     train_shard = ray.train.get_dataset_shard("train")
     validation_shard = ray.train.get_dataset_shard("validation")
 
-    if not state.history:
+    if not state.history and spec.train.eval_before_training:
         initial = _evaluate(engine, validation_shard, task, spec, labels, device, samples)
         initial.update(epoch=0, global_step=0)
         state.history.append(initial)
@@ -477,16 +477,33 @@ def _save_hf_model(engine: Any, directory: str, rank: int) -> None:
 
 
 # -- training and evaluation ----------------------------------------------------------
-def _batches(shard: Any, task: Any, spec: Any, device: torch.device, training: bool = False):
+def _batches(shard: Any, task: Any, spec: Any, device: torch.device, training: bool = False, epoch: int = 0):
     buffer = spec.data.shuffle_buffer if training and spec.data.shuffle == "local" else None
-    for batch in shard.iter_torch_batches(
-        batch_size=spec.train.batch_size,
-        collate_fn=task.collate,
-        prefetch_batches=2,
-        local_shuffle_buffer_size=buffer,
-        local_shuffle_seed=spec.train.seed if buffer else None,
-    ):
+    shuffle = {"local_shuffle_buffer_size": buffer, "local_shuffle_seed": spec.train.seed if buffer else None}
+    if training and spec.data.group_by_length:
+        batches = _length_grouped(shard, task, spec, shuffle, epoch)
+    else:
+        batches = shard.iter_torch_batches(
+            batch_size=spec.train.batch_size, collate_fn=task.collate, prefetch_batches=2, **shuffle
+        )
+    for batch in batches:
         yield {key: value.to(device, non_blocking=True) for key, value in batch.items()}
+
+
+def _length_grouped(shard: Any, task: Any, spec: Any, shuffle: dict[str, Any], epoch: int):
+    """data.group_by_length: windows of ``length_window`` batches, each cut into batches of
+    rows of similar length (raft.batching), collated here instead of in Ray's thread."""
+    size = spec.train.batch_size
+    rank = ray.train.get_context().get_world_rank()
+    rng = np.random.default_rng([spec.train.seed, epoch, rank])
+    for window in shard.iter_batches(
+        batch_size=size * spec.data.length_window, batch_format="numpy", prefetch_batches=1, **shuffle
+    ):
+        lengths = batching.row_lengths(window)
+        if lengths is None:  # no token lengths: batches in the order read
+            lengths = np.zeros(len(next(iter(window.values()))), dtype=np.int64)
+        for rows in batching.length_groups(lengths, size, rng):
+            yield task.collate({key: value[rows] for key, value in window.items()})
 
 
 class _FirstStep:
@@ -590,7 +607,7 @@ def _train_one_epoch(
     tokens, fed, waited = torch.zeros((), dtype=torch.long, device=device), 0, 0.0
     window_start, window_samples = time.perf_counter(), 0
     epoch_start = fetch_start = time.perf_counter()
-    for index, batch in enumerate(_batches(shard, task, spec, device, training=True)):
+    for index, batch in enumerate(_batches(shard, task, spec, device, training=True, epoch=state.epoch)):
         if index < skip:  # resuming mid-epoch: these batches were trained before the restart
             continue
         waited += time.perf_counter() - fetch_start

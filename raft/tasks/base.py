@@ -52,6 +52,9 @@ class Task(ABC):
     # True when eval_stats returns one row per example (e.g. embeddings for retrieval) that
     # are concatenated over batches and gathered from every worker, instead of summed.
     row_stats: ClassVar[bool] = False
+    # True when the model's inputs are token sequences padded to a batch's longest row
+    # (an attention mask), so grouping rows by length (data.group_by_length) saves work.
+    token_inputs: ClassVar[bool] = True
 
     # -- data ---------------------------------------------------------------------
     @abstractmethod

@@ -54,6 +54,7 @@ class ImageClassificationSpec(TaskSpec):
 
 class ImageClassification(Task):
     name = "image_classification"
+    token_inputs = False
     spec_class = ImageClassificationSpec
     auto_class = "AutoModelForImageClassification"
     peft_task_type = None  # peft has no image task type: the adapter wraps the model as is

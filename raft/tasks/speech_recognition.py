@@ -69,6 +69,7 @@ class SpeechRecognitionSpec(TaskSpec):
 
 class SpeechRecognition(Task):
     name = "speech_recognition"
+    token_inputs = False
     spec_class = SpeechRecognitionSpec
     auto_class = "AutoModelForSpeechSeq2Seq"
     peft_task_type = None  # peft's SEQ_2_SEQ_LM wrapper feeds input_ids; Whisper takes features

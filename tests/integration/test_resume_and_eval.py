@@ -50,11 +50,14 @@ def test_merged_lora_export_loads_plainly_and_raft_eval_scores_it(tiny_bert, toy
         toy_data,
         tmp_path,
         technique={"type": "lora", "r": 8, "dropout": 0.0},
-        train={"epochs": 3, "lr": 1e-2, "lr_scheduler": "constant"},
+        train={"epochs": 3, "lr": 1e-2, "lr_scheduler": "constant", "eval_before_training": False},
         deepspeed={"zero_stage": 1},
         output={"merge_adapter": True},
     )
     outcome = fit(validate(document))
+    # No evaluation before training: the history starts at the first epoch, with no baseline.
+    assert [h["epoch"] for h in outcome.history] == [1, 2, 3]
+    assert outcome.summary["before"] is None and outcome.summary["after"] is not None
     # Checkpoints hold the adapter alone (with the trained classifier head); the export merges.
     saved = {p.name for p in next(Path(outcome.run_dir).glob("checkpoint_*/model")).iterdir()}
     assert {"adapter_config.json", "adapter_model.safetensors"} <= saved and "model.safetensors" not in saved

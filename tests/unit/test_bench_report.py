@@ -118,6 +118,7 @@ def test_section_selection():
         "throughput",
         "mfu",
         "first_step",
+        "padding",
         "memory",
         "scaling",
         "data_stall",
@@ -288,16 +289,22 @@ def test_sections_on_made_up_runs(tmp_path, monkeypatch):
         ctx.raft_runs[name] = run
         return run
 
-    def plain_run(ctx, technique="full", fused=True, zero_stage=None, repeat=0):
+    def plain_run(ctx, technique="full", fused=True, zero_stage=None, repeat=0, workers=2):
         run = {"label": "plain", "t0": 1000.0, "first_step": 1020.0, "memory": {"tensor_mb": 380.0}}
-        name = f"plain-{technique}-{repeat}" + ("" if zero_stage is None else f"-deepspeed{zero_stage}")
+        name = f"plain-{technique}-{repeat}-{workers}" + (
+            "" if zero_stage is None else f"-deepspeed{zero_stage}"
+        )
         ctx.plain_runs[name] = fake_summary((7.2, 7.2, 10.0)[repeat] if zero_stage is None else 6.0) | run
         return ctx.plain_runs[name]
 
     monkeypatch.setattr(common, "raft_run", raft_run)
     monkeypatch.setattr(common, "plain_run", plain_run)
     monkeypatch.setattr(common, "peak", lambda *a, **k: {"peak_flops": 2e11})
-    monkeypatch.setattr(common, "ensure_data", lambda ctx: {"train": tmp_path / "train.jsonl"})
+    monkeypatch.setattr(
+        common,
+        "ensure_data",
+        lambda ctx: {"train": tmp_path / "train.jsonl", "validation": tmp_path / "train.jsonl"},
+    )
     (tmp_path / "train.jsonl").write_text(
         "".join(json.dumps({"text": "x", "label": label}) + "\n" for label in "abcd")
     )
@@ -308,15 +315,34 @@ def test_sections_on_made_up_runs(tmp_path, monkeypatch):
     assert len(against_deepspeed) == 2 and against_deepspeed[0]["ratio"] == pytest.approx(7.0 / 6.0)
     ctx.repeats = 3  # medians over round-robin repeats: raft 7, 9, 5 against plain 7.2, 7.2, 10
     out = sections.throughput(ctx)
-    assert len(out["runs"]) == 18
+    assert len(out["runs"]) == 24  # 8 configs (6 with 2 workers, 2 with 1), 3 times
     assert out["figures"][0]["raft"] == 7.0 and out["figures"][0]["baseline"] == 7.2
     paired = out["paired"]["raft ZeRO 0 / plain DDP"]
     assert paired["values"] == pytest.approx([7.0 / 7.2, 9.0 / 7.2, 0.5])
     assert paired["median"] == pytest.approx(7.0 / 7.2)
     assert out["repeats"]["raft 0"]["samples_per_second"]["spread"] == pytest.approx(4.0 / 7.0)
+    one_worker = [f for f in out["figures"] if "1 worker" in f["name"]]
+    assert len(one_worker) == 1 and one_worker[0]["ratio"] == pytest.approx(8.0 / 7.2)
     details = "\n".join(report.section_details("throughput", out))
     assert "7.00, 9.00, 5.00" in details and "57.1%" in details
     ctx.repeats = 1
+
+    def run_raft_spec(ctx, name, spec, label, address=None):
+        grouped = spec["data"]["group_by_length"]
+        summary = fake_summary(9.0 if grouped else 6.0)
+        for epoch in summary["history"][1:]:  # 80 real tokens a row, padded to 84 or to 125
+            epoch.update(tokens_per_second=epoch["samples_per_second"] * 80)
+            epoch.update(padded_tokens_per_second=epoch["samples_per_second"] * (84 if grouped else 125))
+        run = {"label": label, "t0": 1000.0, "summary": summary, "spec": spec}
+        ctx.raft_runs[name] = run
+        return run
+
+    monkeypatch.setattr(common, "run_raft_spec", run_raft_spec)
+    out = sections.padding(ctx)
+    tokens, samples, share = out["figures"]
+    assert tokens["ratio"] == pytest.approx(1.5) and samples["ratio"] == pytest.approx(1.5)
+    assert share["raft"] == pytest.approx(4 / 84) and share["baseline"] == pytest.approx(45 / 125)
+    assert (tmp_path / "data/varied-train.jsonl").is_file()
     out = sections.mfu(ctx)
     assert out["figures"][0]["ratio"] == pytest.approx(7.0 / 7.2)
     assert 0 < out["figures"][0]["raft"] < 1

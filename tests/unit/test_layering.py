@@ -26,6 +26,7 @@ PURE = [
     "raft.checkpoints",
     "raft.failures",
     "raft.perf",
+    "raft.batching",
 ]
 
 
