@@ -268,6 +268,8 @@ def raft_run(
         return ctx.raft_runs[name]
     label = raft_label(technique, zero_stage, offload_optimizer, workers, address) + repeat_label(repeat)
     spec = classification_spec(ctx, name, technique, zero_stage, offload_optimizer, workers)
+    if address:  # the cluster figure is "2 nodes vs 1": one worker a node, or fail
+        spec["scaling"]["placement_strategy"] = "STRICT_SPREAD"
     run = run_raft_spec(ctx, name, spec, label, address)
     print("  " + describe_run(run), flush=True)
     return run

@@ -148,7 +148,7 @@ def format_value(value: Any, unit: str = "") -> str:
         return f"{value / 1e9:.2f} GFLOP/s"
     magnitude = abs(value)
     digits = 0 if magnitude >= 1000 else 1 if magnitude >= 100 else 2 if magnitude >= 1 else 3
-    text = f"{value:,.{digits}f}"
+    text = f"{value:,}" if isinstance(value, int) else f"{value:,.{digits}f}"
     return f"{text} {unit}".rstrip() if unit else text
 
 
@@ -283,7 +283,14 @@ def section_details(name: str, section: dict[str, Any]) -> list[str]:
     if name == "first_step" and section.get("raft_stages"):
         rows = [[stage, f"{seconds:.1f}"] for stage, seconds in section["raft_stages"].items()]
         rows.append(["total (command start → first step)", f"{section.get('raft_seconds', 0):.1f}"])
-        lines += ["", markdown_table(["raft stage", "seconds"], rows)]
+        header = ["raft stage", "seconds"]
+        if section.get("cluster_stages"):  # the same run on a running cluster, stage by stage
+            cluster = section["cluster_stages"]
+            header.append("on a running cluster")
+            for row in rows[:-1]:
+                row.append(f"{cluster[row[0]]:.1f}" if row[0] in cluster else "—")
+            rows[-1].append(f"{section.get('cluster_seconds', 0):.1f}")
+        lines += ["", markdown_table(header, rows)]
     if name == "throughput" and section.get("repeats"):
         rows = []
         for key, metrics in section["repeats"].items():
@@ -319,6 +326,7 @@ def section_details(name: str, section: dict[str, Any]) -> list[str]:
                 format_value(c.get("estimate_mb")),
                 format_value(c.get("deepspeed_per_gpu_mb")),
                 format_value(c.get("deepspeed_per_cpu_mb")),
+                format_value(c.get("plan_mb")),
             ]
             for c in section["configs"]
         ]
@@ -333,6 +341,7 @@ def section_details(name: str, section: dict[str, Any]) -> list[str]:
                     "raft.perf estimate MiB",
                     "DeepSpeed per-GPU MiB",
                     "DeepSpeed per-CPU MiB",
+                    "raft plan MiB (peak RSS estimate)",
                 ],
                 rows,
             ),
@@ -355,6 +364,7 @@ def section_details(name: str, section: dict[str, Any]) -> list[str]:
 RUN_COLUMNS = [
     ("samples_per_second", "samples/s/worker", ""),
     ("total_samples_per_second", "total samples/s", ""),
+    ("nodes", "nodes", ""),
     ("tokens_per_second", "tokens/s/worker", ""),
     ("padded_tokens_per_second", "padded tokens/s/worker", ""),
     ("data_wait_fraction", "data wait", "%"),

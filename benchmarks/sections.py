@@ -181,7 +181,8 @@ def mfu(ctx: Context) -> dict[str, Any]:
 
 # -- 3. time to first step --------------------------------------------------------------
 def first_step(ctx: Context) -> dict[str, Any]:
-    """Command start → first optimizer step: raft (ZeRO 0, full) by stage vs plain DDP."""
+    """Command start → first optimizer step: raft (ZeRO 0, full) by stage vs plain DDP; with
+    --address also on that running cluster, where no cluster start is paid."""
     perf = common.perf_module()
     run = common.raft_run(ctx, "full", 0)
     stamps = common.timeline(run)
@@ -190,26 +191,45 @@ def first_step(ctx: Context) -> dict[str, Any]:
     plain_seconds = plain["first_step"] - plain["t0"]
     stages = perf.first_step_breakdown(stamps, run["t0"])
     evaluation = stages.get("evaluation before training", 0.0)
-    return {
-        "figures": [
+    figures = [
+        figure(
+            "first_step",
+            "seconds from command start to the first optimizer step",
+            raft_seconds,
+            plain_seconds,
+            unit="s",
+            baseline_label="plain DDP script",
+        ),
+        figure(
+            "first_step",
+            "the same, less raft's evaluation before training (the plain script has none)",
+            raft_seconds - evaluation,
+            plain_seconds,
+            unit="s",
+            baseline_label="plain DDP script",
+            goal=target("difference", "<=", FIRST_STEP_TARGET_S),
+        ),
+    ]
+    result: dict[str, Any] = {}
+    if ctx.address:
+        cluster_run = common.raft_run(ctx, "full", 0, address=ctx.address)
+        cluster_stamps = common.timeline(cluster_run)
+        cluster_stages = perf.first_step_breakdown(cluster_stamps, cluster_run["t0"])
+        cluster_seconds = cluster_stamps["first_step"] - cluster_run["t0"]
+        figures.append(
             figure(
                 "first_step",
-                "seconds from command start to the first optimizer step",
-                raft_seconds,
-                plain_seconds,
-                unit="s",
-                baseline_label="plain DDP script",
-            ),
-            figure(
-                "first_step",
-                "the same, less raft's evaluation before training (the plain script has none)",
-                raft_seconds - evaluation,
+                "the same on a running cluster (--address: no cluster start), less the evaluation",
+                cluster_seconds - cluster_stages.get("evaluation before training", 0.0),
                 plain_seconds,
                 unit="s",
                 baseline_label="plain DDP script",
                 goal=target("difference", "<=", FIRST_STEP_TARGET_S),
-            ),
-        ],
+            )
+        )
+        result = {"cluster_seconds": cluster_seconds, "cluster_stages": cluster_stages}
+    return result | {
+        "figures": figures,
         "raft_seconds": raft_seconds,
         "plain_seconds": plain_seconds,
         "raft_stages": stages,
@@ -357,6 +377,7 @@ def memory(ctx: Context) -> dict[str, Any]:
             offload_optimizer=offload,
         )
         ds = deepspeed_estimates(total, facts["largest_layer_params"], stage, offload, workers)
+        planned = plan_estimate(ctx, total, trainable, stage, offload, workers)
         label = f"ZeRO {stage}" + (" + offload" if offload else "")
         config = {
             "label": label,
@@ -371,6 +392,7 @@ def memory(ctx: Context) -> dict[str, Any]:
             "deepspeed_per_gpu_mb": ds["per_gpu_bytes"] / MiB,
             "deepspeed_per_cpu_mb": ds["per_cpu_bytes"] / MiB,
             "deepspeed_table": ds["table"],
+            "plan_mb": planned / MiB,
         }
         configs.append(config)
         figures.append(
@@ -381,6 +403,16 @@ def memory(ctx: Context) -> dict[str, Any]:
                 config["estimate_mb"],
                 unit="MiB",
                 baseline_label="raft.perf estimate",
+            )
+        )
+        figures.append(
+            figure(
+                "memory",
+                f"peak RSS per worker, {label}",
+                max(config["peak_rss_mb"]),
+                config["plan_mb"],
+                unit="MiB",
+                baseline_label="raft plan's estimate",
             )
         )
     plain = ctx.plain_runs.get("plain-full")
@@ -426,6 +458,24 @@ def memory(ctx: Context) -> dict[str, Any]:
     }
 
 
+def plan_estimate(ctx: Context, total: int, trainable: int, stage: int, offload: bool, workers: int) -> int:
+    """`raft plan`'s bytes per CPU worker for the suite's MiniLM run (states, activations,
+    the process itself)."""
+    from raft import plan
+
+    config = json.loads((Path(common.model_path()) / "config.json").read_text())
+    facts = plan.ModelFacts(total, trainable, *plan.config_shape(config), source="counted")
+    return plan.estimate(
+        facts,
+        plan.Setting(stage, offload_optimizer=offload),
+        world_size=workers,
+        batch=ctx.sizes.batch_size,
+        seq_len=ctx.sizes.max_length,
+        precision="fp32",
+        use_gpu=False,
+    ).host
+
+
 # -- 6. scaling -------------------------------------------------------------------------
 def scaling(ctx: Context) -> dict[str, Any]:
     """Total samples/s with 1 and 2 workers on the same rows (full, ZeRO 0); on a real
@@ -437,7 +487,8 @@ def scaling(ctx: Context) -> dict[str, Any]:
         for workers in (1, 2):
             run = common.raft_run(ctx, "full", 0, workers=workers, address=address)
             rates[workers] = common.steady_epoch(run)["samples_per_second"] * workers
-            runs.append(common.run_row(run) | {"total_samples_per_second": rates[workers]})
+            nodes = len(set(run["summary"].get("worker_nodes") or [])) or None
+            runs.append(common.run_row(run) | {"total_samples_per_second": rates[workers], "nodes": nodes})
         figures.append(
             figure(
                 "scaling",

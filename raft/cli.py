@@ -179,6 +179,63 @@ def evaluate(model_dir: str, data_path: str, batch_size: int, as_json: bool) -> 
     click.echo(f"({time.perf_counter() - started:.1f} s)")
 
 
+@main.command("plan")
+@click.argument("spec_file", type=click.Path(dir_okay=False))
+@click.argument("overrides", nargs=-1)
+@click.option(
+    "--address", help="Compare with the workers of this Ray cluster (default: this machine's free memory)."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the estimates as JSON.")
+def plan_command(spec_file: str, overrides: tuple[str, ...], address: str | None, as_json: bool) -> None:
+    """Per-worker memory of SPEC_FILE's model under each ZeRO stage and offload option,
+    against what each worker has, and the fastest setting that fits."""
+    from raft import plan
+    from raft.train import RunError, check_model_path, resolve_paths
+
+    spec = _load(spec_file, overrides)
+    try:
+        spec = resolve_paths(spec)
+        check_model_path(spec)
+        facts = plan.counted_facts(spec)
+    except (RunError, ValueError, OSError) as error:
+        _fail(str(error))
+    if address:
+        from raft.cluster import ClusterError, joined, worker_budget
+
+        try:
+            with joined(address):
+                budget = worker_budget(spec)
+        except (ClusterError, ValueError) as error:
+            _fail(str(error))
+    else:
+        budget = plan.local_budget(spec)
+    shape = plan.run_shape(spec, facts)
+    estimates = plan.plan(facts, budget=budget, **shape)
+    best = plan.recommend(estimates)
+    asked = plan.setting_of(spec)
+    if as_json:
+        click.echo(json.dumps(plan.as_dict(facts, shape, budget, estimates, best, asked)))
+        return
+    click.echo(
+        f"model: {facts.params:,} parameters, {facts.trainable:,} trainable ({spec.technique.type}); "
+        f"{shape['world_size']} workers, batch {shape['batch']} × {shape['seq_len']} tokens, {shape['precision']}, "
+        f"{'GPU' if shape['use_gpu'] else 'CPU'}"
+    )
+    each = f"GPU {plan.gib(budget.accelerator)}, " if shape["use_gpu"] else ""
+    click.echo(f"each worker has: {each}host {plan.gib(budget.host)} ({budget.where})")
+    click.echo("")
+    for line in plan.table(estimates, asked):
+        click.echo(line)
+    click.echo("")
+    if best is None:
+        click.echo(
+            "nothing fits: add workers (ZeRO 3 divides the model states by them), cut train.batch_size, or train LoRA"
+        )
+    else:
+        note = "" if best.setting == asked else f" (the spec asks for {asked.label})"
+        click.echo(f"recommended: {best.setting.label}, the fastest setting that fits{note}")
+
+
 _ADDRESS_HELP = "The cluster's Jobs API (dashboard), e.g. http://HEAD:8265."
 _TOKEN_HELP = "Ray auth token (default: RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token)."
 

@@ -44,6 +44,9 @@ def connect(
             # warning a second and orphaned placement groups are never cleaned up.
             use_local_env()
             ray.init(
+                # "local": a cluster of its own even when `ray start` runs one on this
+                # machine (Ray would join that one, and then refuse num_cpus).
+                address="local",
                 num_cpus=local_cluster_cpus(spec, concurrent_runs),
                 include_dashboard=True,
                 _system_config=LOCAL_SYSTEM_CONFIG,
@@ -159,3 +162,100 @@ def _head_node_id() -> str | None:
         if any(key.startswith("node:__internal_head__") for key in node.get("Resources", {})):
             return node["NodeID"]
     return None
+
+
+# -- memory per worker (raft plan, and raft train's warning) ---------------------------------
+def worker_budget(spec: Any) -> Any:
+    """Memory each worker of ``spec`` may use on the connected cluster (raft.plan.Budget):
+    Ray's ``memory`` resource of each node that can hold a worker, shared by the workers it
+    holds, and for GPU runs the smallest GPU's memory (read by one task per GPU node)."""
+    from raft.plan import budget_from_nodes
+
+    nodes = []
+    for node in _alive_nodes():
+        resources = node.get("Resources", {})
+        nodes.append(
+            {
+                "id": node["NodeID"],
+                "memory": resources.get("memory", 0),
+                "cpus": resources.get("CPU", 0),
+                "gpus": resources.get("GPU", 0),
+                "gpu_memory": None,
+            }
+        )
+    if spec.scaling.use_gpu:
+        _probe_gpu_memory([n for n in nodes if n["gpus"]])
+    budget = budget_from_nodes(
+        nodes, spec.scaling.max_workers, spec.scaling.cpus_per_worker, spec.scaling.use_gpu
+    )
+    budget_where = f"the cluster: {budget.where}, Ray's memory resource"
+    return type(budget)(budget.host, budget.accelerator, budget_where)
+
+
+def _probe_gpu_memory(nodes: list[dict[str, Any]]) -> None:
+    """Fill in each GPU node's smallest GPU memory; a node whose GPUs are all busy for
+    60 s keeps None (its GPU memory is then unknown, not assumed)."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    probe = ray.remote(num_gpus=1, num_cpus=0, max_retries=0)(_gpu_memory)
+    pending = {
+        probe.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node["id"], soft=False)
+        ).remote(): node
+        for node in nodes
+    }
+    ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=60)
+    for ref in ready:
+        try:
+            pending[ref]["gpu_memory"] = ray.get(ref)
+        except Exception:  # a probe that fails leaves the memory unknown
+            continue
+
+
+def _gpu_memory() -> int:
+    import torch
+
+    return min(torch.cuda.get_device_properties(i).total_memory for i in range(torch.cuda.device_count()))
+
+
+def memory_warning(spec: Any) -> str | None:
+    """A warning when the spec's own setting will not fit each worker's memory (None when
+    it fits). The weight files' upper bound (everything trainable) settles most specs in
+    milliseconds; only when that does not fit is the model counted exactly."""
+    from raft import plan
+
+    budget = worker_budget(spec)
+    try:
+        bound = plan.upper_bound_facts(spec.model.path)
+    except ValueError:  # no safetensors header to read (pickle weights): count the model
+        bound = None
+    if bound is not None and plan.spec_estimate(bound, spec, budget).fits:
+        return None
+    facts = plan.counted_facts(spec)
+    estimate = plan.spec_estimate(facts, spec, budget)
+    if estimate.fits:
+        return None
+    best = plan.recommend(plan.plan(facts, budget=budget, **plan.run_shape(spec, facts)))
+    advice = (
+        f"{best.setting.label} fits"
+        if best
+        else "no ZeRO stage or offload fits: add workers, cut the batch or use LoRA"
+    )
+    return (
+        f"{estimate.setting.label} needs about {plan.gib(estimate.accelerator or estimate.host)} per worker "
+        f"({'; '.join(estimate.why)}) on {budget.where}; {advice}. `raft plan` compares every setting."
+    )
+
+
+@contextlib.contextmanager
+def joined(address: str) -> Iterator[None]:
+    """Join the cluster at ``address`` for a quick look (no size check), then leave."""
+    use_token_if_available()
+    try:
+        ray.init(address=address, logging_level="WARNING")
+    except Exception as error:
+        raise ClusterError(f"cannot connect to the Ray cluster at {address}: {error}") from None
+    try:
+        yield
+    finally:
+        ray.shutdown()

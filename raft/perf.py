@@ -94,8 +94,11 @@ def zero_memory_estimate(
     gradient (8 more). ZeRO ≥ 1 keeps the copy even in fp32 training (it flattens its
     partition into buffers of its own); plain fp32 at stage 0 steps the parameters
     themselves. ZeRO 1 partitions the optimizer, 2 also the gradients, 3 also the
-    parameters, over ``world_size``. Offloaded states move from ``device`` to ``host``.
-    Mixed precision at ZeRO 2 is DeepSpeed's own estimate exactly: 2N + 18N / world."""
+    parameters, over ``world_size``. Offloaded states move from ``device`` to ``host``;
+    offloading the optimizer moves the gradient partition with it (ZeRO-Offload steps on
+    the CPU, and the device holds gradients only in transient buckets). Mixed precision is
+    DeepSpeed's own estimate exactly at ZeRO 2 (2N + 18N / world, 2N with offload) and at
+    ZeRO 3 with offload (2N / world, 0 with parameters offloaded too)."""
     if stage not in (0, 1, 2, 3) or world_size < 1:
         raise ValueError(f"stage must be 0-3 and world_size ≥ 1, not {stage}, {world_size}")
     if offload_params and stage != 3 or offload_optimizer and stage == 0:
@@ -107,7 +110,9 @@ def zero_memory_estimate(
         "grads": width * trainable // (world_size if stage >= 2 else 1),
         "optimizer": (8 + master) * trainable // (world_size if stage >= 1 else 1),
     }
-    host = (parts["optimizer"] if offload_optimizer else 0) + (parts["params"] if offload_params else 0)
+    host = (parts["optimizer"] + parts["grads"] if offload_optimizer else 0) + (
+        parts["params"] if offload_params else 0
+    )
     device = sum(parts.values()) - host
     return parts | {"device": device, "host": host, "total": device + host}
 

@@ -466,7 +466,10 @@ def start(
             ray.init(address=address, logging_level="WARNING")
         else:
             ray.init(
-                num_cpus=math.ceil(needed) + 1, _system_config=LOCAL_SYSTEM_CONFIG, logging_level="WARNING"
+                address="local",  # its own, as raft.cluster.connect starts one
+                num_cpus=math.ceil(needed) + 1,
+                _system_config=LOCAL_SYSTEM_CONFIG,
+                logging_level="WARNING",
             )
     available = ray.available_resources().get("CPU", 0.0)
     if needed > available:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from raft import checkpoints, data, registry, storage
-from raft.cluster import connect
+from raft.cluster import connect, memory_warning
 from raft.failures import training_failure
 from raft.labels import LabelMap
 from raft.perf import first_step_breakdown
@@ -156,6 +156,12 @@ def fit(spec: Any, address: str | None = None, verbose: bool = False) -> TrainOu
         return finished_outcome(run_dir, done)
     with connect(spec, address, verbose=verbose):
         timeline["cluster_ready"] = time.time()
+        try:
+            warning = memory_warning(spec)
+        except Exception as error:  # an estimate that cannot be made must not stop the run
+            warning = f"no memory estimate ({type(error).__name__}: {error})"
+        if warning:
+            print(f"[raft] warning: {warning}", flush=True)
         prepared = prepare_data(spec)
         timeline["data_ready"] = time.time()
         storage.write_text(storage.join(run_dir, "spec.yaml"), dump_spec(spec))

@@ -86,7 +86,7 @@ def test_table_rows_format_units_and_targets():
         "**no**",
     ]
     assert rows[1][2] == "1.2%" and rows[1][5] == "< 5.0%" and rows[1][6] == "yes"
-    assert rows[2][5] == "raft − baseline ≤ 15.00 s" and rows[2][6] == "yes"
+    assert rows[2][5] == "raft − baseline ≤ 15 s" and rows[2][6] == "yes"  # ints stay ints
     assert rows[3][2].startswith("not run") and rows[3][6] == "—"
 
 
@@ -350,8 +350,16 @@ def test_sections_on_made_up_runs(tmp_path, monkeypatch):
     assert out["raft_seconds"] == pytest.approx(35.0) and out["plain_seconds"] == pytest.approx(20.0)
     assert sum(out["raft_stages"].values()) == pytest.approx(35.0)
     assert out["figures"][1]["met"] is True  # less the evaluation before training
+    ctx.address = "127.0.0.1:6390"  # and on a running cluster
+    out = sections.first_step(ctx)
+    assert len(out["figures"]) == 3 and out["cluster_seconds"] == pytest.approx(35.0)
+    assert "on a running cluster" in "\n".join(report.section_details("first_step", out))
+    ctx.address = None
     out = sections.memory(ctx)
     assert [c["label"] for c in out["configs"]] == ["ZeRO 0", "ZeRO 2", "ZeRO 3", "ZeRO 3 + offload"]
+    rss = next(f for f in out["figures"] if f["name"] == "peak RSS per worker, ZeRO 0")
+    # raft plan: 347 MiB of states, 486 MiB of activations, 1 GiB for the process
+    assert rss["raft"] == 1500.0 and rss["baseline"] == pytest.approx(347 + 486 + 1024, rel=0.02)
     ratio_row = out["figures"][-1]
     assert ratio_row["raft"] == pytest.approx(1.0) and 0.5 < ratio_row["baseline"] < 1
     assert ratio_row["met"] is False

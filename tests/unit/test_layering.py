@@ -27,6 +27,7 @@ PURE = [
     "raft.failures",
     "raft.perf",
     "raft.batching",
+    "raft.plan",
 ]
 
 
