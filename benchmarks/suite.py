@@ -1,14 +1,15 @@
 """raft's benchmark suite: every figure side by side, measured in one run.
 
-    python -m benchmarks                       # the CPU suite (make bench), ~25 min on 2 cores
+    python -m benchmarks                       # the CPU suite (make bench), about an hour on 2 cores
     python -m benchmarks --quick               # tiny sizes: a smoke test
     python -m benchmarks --only throughput,first_step
     python -m benchmarks --only serve          # runs benchmarks/serve_batching.py (slow), then collects
     python -m benchmarks --only tune           # runs benchmarks/tune_asha_vs_fifo.py (slow), then collects
-    python -m benchmarks --address ray://HEAD:10001   # scaling on a real cluster too
+    python -m benchmarks --address HEAD:6379   # 2 nodes vs 1 and the first step on a running cluster too
     python -m benchmarks --gpu [--dry-run]     # one GPU, bf16, a 0.5B decoder
 
-Sections: throughput (raft ZeRO 0/2/3 vs a plain PyTorch DDP loop), mfu (achieved FLOP/s
+Sections: throughput (raft ZeRO 0/2/3 vs a plain PyTorch DDP loop, medians of --repeats
+round-robin runs), padding (length-grouped batching on varied-length rows), mfu (achieved FLOP/s
 over a matmul peak measured in the same run), first_step (command start to the first
 optimizer step, by stage), data_stall (time waiting for batches), memory (per-worker
 tensors and RSS vs estimates), scaling (1 vs 2 workers), collected (the serve and search
