@@ -229,11 +229,11 @@ def memory_warning(spec: Any) -> str | None:
         bound = plan.upper_bound_facts(spec.model.path)
     except ValueError:  # no safetensors header to read (pickle weights): count the model
         bound = None
-    if bound is not None and plan.spec_estimate(bound, spec, budget).fits:
-        return None
+    if bound is not None and plan.spec_estimate(bound, spec, budget).fits is not False:
+        return None  # fits, or cannot be told (GPU memory unknown): no warning
     facts = plan.counted_facts(spec)
     estimate = plan.spec_estimate(facts, spec, budget)
-    if estimate.fits:
+    if estimate.fits is not False:
         return None
     best = plan.recommend(plan.plan(facts, budget=budget, **plan.run_shape(spec, facts)))
     advice = (

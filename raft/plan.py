@@ -100,7 +100,7 @@ class Estimate:
     overhead: int
     accelerator: int | None  # bytes on the worker's GPU (None: a CPU worker)
     host: int  # bytes of host memory
-    fits: bool | None = None  # None: no budget to compare with
+    fits: bool | None = None  # None: no budget to compare with, or its GPU memory is unknown
     why: list[str] = field(default_factory=list)
 
 
@@ -156,14 +156,13 @@ def estimate(
             host=states["total"] + activations + CPU_OVERHEAD,
         )
     if budget is not None:
-        if result.accelerator is not None:
-            if budget.accelerator is None:
-                result.why.append("the cluster has no GPU")
-            elif result.accelerator > budget.accelerator:
-                result.why.append(f"GPU {gib(result.accelerator)} > {gib(budget.accelerator)}")
+        gpu_unknown = result.accelerator is not None and budget.accelerator is None
+        if result.accelerator is not None and not gpu_unknown and result.accelerator > budget.accelerator:
+            result.why.append(f"GPU {gib(result.accelerator)} > {gib(budget.accelerator)}")
         if result.host > budget.host:
             result.why.append(f"host {gib(result.host)} > {gib(budget.host)}")
-        result.fits = not result.why
+        # GPU memory unread (every GPU busy while probed): fits only as far as is known
+        result.fits = False if result.why else None if gpu_unknown else True
     return result
 
 

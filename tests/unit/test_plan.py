@@ -80,14 +80,19 @@ def test_the_fastest_setting_that_fits_is_recommended_and_the_technique_counts()
     small = Budget(host=200 * GiB, accelerator=24 * GiB)
     assert plan.recommend(plan.plan(SEVEN_B, budget=small, **shape)) is None
     short = shape | {"seq_len": 512}
-    assert plan.recommend(plan.plan(SEVEN_B, budget=small, **short)).setting == Setting(2, offload_optimizer=True)
+    assert plan.recommend(plan.plan(SEVEN_B, budget=small, **short)).setting == Setting(
+        2, offload_optimizer=True
+    )
     little_host = Budget(host=10 * GiB, accelerator=24 * GiB)
     assert plan.recommend(plan.plan(SEVEN_B, budget=little_host, **short)).setting == Setting(3)
     # Nothing fits a 4 GiB GPU with 8 GiB of host memory.
     tiny = plan.plan(SEVEN_B, budget=Budget(host=8 * GiB, accelerator=4 * GiB), **shape)
     assert plan.recommend(tiny) is None and all(e.fits is False for e in tiny)
-    # A GPU spec on a cluster without GPUs fits nowhere, and says why.
-    assert plan.plan(SEVEN_B, budget=Budget(host=10**15), **shape)[0].why == ["the cluster has no GPU"]
+    # GPU memory unknown (its probe timed out): fit unknown, unless the host already rules it out.
+    unknown = plan.plan(SEVEN_B, budget=Budget(host=10**15), **shape)
+    assert unknown[0].fits is None and unknown[0].why == [] and plan.recommend(unknown) is None
+    starved = plan.plan(SEVEN_B, budget=Budget(host=GiB), **shape)
+    assert starved[0].fits is False and starved[0].why[0].startswith("host")
 
 
 def test_cpu_workers_count_everything_as_host_memory():
