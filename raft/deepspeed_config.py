@@ -72,6 +72,10 @@ def build_deepspeed_config(spec: Any, precision: str, world_size: int | None = N
 
 # DeepSpeed's default for its gradient-reduce and all-gather buckets, in elements.
 DEEPSPEED_BUCKET_ELEMENTS = 500_000_000
+# Bucket sizes are rounded up to a multiple of this: DeepSpeed asserts that the all-gather
+# bucket is a multiple of its NCCL alignment factor (2 elements in 16-bit), and a model's
+# parameter count may be odd.
+BUCKET_ALIGNMENT = 512
 
 
 def size_buckets(
@@ -83,7 +87,8 @@ def size_buckets(
     reduce bucket whole, so a 22M-parameter MiniLM worker held a 1.9 GB fp32 buffer beside
     217 MB of model states, more memory than ZeRO-0 took. A bucket no bigger than the
     gradients it can ever hold changes nothing else: every gradient still fits in one
-    reduce. Models over 5e8 trainable parameters keep DeepSpeed's default; sizes set in
+    reduce (the size is rounded up to BUCKET_ALIGNMENT elements). Models over 5e8
+    trainable parameters keep DeepSpeed's default; sizes set in
     ``deepspeed.config`` (``user_config``) are kept as written."""
     zero = config.get("zero_optimization", {})
     stage = zero.get("stage", 0)
@@ -91,7 +96,8 @@ def size_buckets(
         return config
     keys = ["reduce_bucket_size"] + (["allgather_bucket_size"] if stage in (1, 2) else [])
     written = (user_config or {}).get("zero_optimization", {})
-    elements = max(1, min(DEEPSPEED_BUCKET_ELEMENTS, int(trainable_parameters)))
+    aligned = -(-max(1, int(trainable_parameters)) // BUCKET_ALIGNMENT) * BUCKET_ALIGNMENT
+    elements = min(DEEPSPEED_BUCKET_ELEMENTS, aligned)
     sized = copy.deepcopy(config)
     for key in keys:
         if key not in written:

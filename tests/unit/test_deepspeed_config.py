@@ -94,8 +94,11 @@ def test_buckets_are_capped_at_the_trainable_parameters(stage):
     if stage == 0:
         assert sized == config  # DDP's buckets are not DeepSpeed's
         return
-    assert zero["reduce_bucket_size"] == 22_713_604
+    # rounded up to a multiple of 512: DeepSpeed wants the all-gather bucket aligned (an odd
+    # size failed with "must be a multiple of nccl_start_alignment_factor")
+    assert zero["reduce_bucket_size"] == 22_713_856 and 22_713_856 % 512 == 0
     assert ("allgather_bucket_size" in zero) == (stage in (1, 2))  # ZeRO-3 gathers by prefetch size
+    assert size_buckets(config, 12_345, {})["zero_optimization"]["reduce_bucket_size"] == 12_800
     assert "reduce_bucket_size" not in config["zero_optimization"]  # the input is left as it was
     # A model over DeepSpeed's default keeps the default.
     assert size_buckets(config, 7_000_000_000, {})["zero_optimization"]["reduce_bucket_size"] == 500_000_000
@@ -107,7 +110,7 @@ def test_bucket_sizes_the_user_wrote_are_kept():
     )
     config = build_deepspeed_config(spec, "fp32")
     zero = size_buckets(config, 22_713_604, spec.deepspeed.config)["zero_optimization"]
-    assert zero["reduce_bucket_size"] == 123 and zero["allgather_bucket_size"] == 22_713_604
+    assert zero["reduce_bucket_size"] == 123 and zero["allgather_bucket_size"] == 22_713_856
 
 
 def test_parameter_groups_skip_decay_on_bias_and_norms():
