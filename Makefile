@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-unit test-integration test-multinode lint format bench clean
+.PHONY: install browser demo test test-unit test-integration test-multinode lint format bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,11 +21,17 @@ install: $(STAMP)
 demo: install
 	$(BIN)/raft train examples/minilm_topics_lora.yaml
 
-test: install
+# Headless Chromium renders raft report's HTML in the tests (Debian's package; as root,
+# or through sudo).
+browser:
+	@command -v chromium >/dev/null || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; }
+
+test: install browser
 	$(BIN)/ruff check .
 	$(BIN)/pytest tests --durations=25
 
-test-unit: install
+test-unit: install browser
 	$(BIN)/pytest tests/unit
 
 test-integration: install

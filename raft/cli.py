@@ -179,6 +179,22 @@ def evaluate(model_dir: str, data_path: str, batch_size: int, as_json: bool) -> 
     click.echo(f"({time.perf_counter() - started:.1f} s)")
 
 
+@main.command("report")
+@click.argument("run_dir")
+@click.option("--out", help="Where to write the HTML (default: RUN_DIR/report.html).")
+def report_command(run_dir: str, out: str | None) -> None:
+    """A self-contained HTML report of the run or search in RUN_DIR: loss, metrics, learning
+    rate and throughput curves, a confusion matrix for classifiers; for a search every
+    trial's curve, hyperparameters against the metric, and the leaderboard."""
+    from raft.report import ReportError, write_report
+
+    try:
+        written = write_report(run_dir, out)
+    except (ReportError, OSError) as error:
+        _fail(str(error))
+    click.echo(f"[raft] report: {written}")
+
+
 @main.command("plan")
 @click.argument("spec_file", type=click.Path(dir_okay=False))
 @click.argument("overrides", nargs=-1)

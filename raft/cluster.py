@@ -29,9 +29,12 @@ def connect(
     """Make sure Ray is up and big enough for ``spec`` (``concurrent_runs`` of it at once:
     a search's trials); shut down only what we started."""
     address = address or os.environ.get("RAY_ADDRESS")
+    quiet_driver(verbose)
     started = False
     if not ray.is_initialized():
-        settings: dict[str, Any] = {"logging_level": "INFO" if verbose else "WARNING"}
+        # Workers' output (Ray's, DeepSpeed's, raft's own lines) stays in Ray's log files
+        # unless --verbose: raft's progress reaches the driver through raft.monitor.
+        settings: dict[str, Any] = {"logging_level": "INFO" if verbose else "ERROR", "log_to_driver": verbose}
         if address:
             use_token_if_available()
             try:
@@ -67,11 +70,34 @@ def connect(
 
 def _quiet_data(verbose: bool) -> None:
     """Ray Data's per-operator progress bars interleave badly with training progress."""
+    import logging
+
     from ray.data import DataContext
 
     context = DataContext.get_current()
     context.enable_progress_bars = verbose
     context.print_on_execution_start = verbose
+    if not verbose:
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
+
+
+def quiet_driver(verbose: bool) -> None:
+    """Keep the driver's terminal for raft's progress: libraries' info lines and bars
+    only with --verbose (they are still in Ray's logs on disk)."""
+    import logging
+
+    if verbose:
+        return
+    import torch
+
+    if not torch.cuda.is_available():  # DeepSpeed would warn that it picked the CPU
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # mlflow sets its level on import
+    for name in ("mlflow", "alembic", "DeepSpeed"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # "Writing model shards" on every export
 
 
 def use_token_if_available() -> None:

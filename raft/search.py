@@ -33,6 +33,8 @@ DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint")
 # Metric-name fragments where smaller is better (mode defaults to min for these).
 _LOWER_IS_BETTER = ("loss", "perplexity", "wer", "cer")
 
+TRIALS_DIR = "trials"  # a search's folder of trial runs, each laid out as a raft train run
+
 
 class Distribution(SectionModel):
     """One search dimension, written ``{choice: [...]}``, ``{loguniform: [low, high]}``, …"""
@@ -439,6 +441,29 @@ def leaderboard_table(rows: list[dict[str, Any]], params: list[str], metric: str
                 row["status"],
                 str(row.get("attempts", "")),
                 f"{row['wall_s']:.0f}",
+            ]
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    text = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)) for line in lines]
+    text.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(text)
+
+
+def trials_table(trials: list[dict[str, Any]], params: list[str], metric: str) -> str:
+    """The live table of a running search: each trial's state, params, last epoch and
+    metric so far ({trial, status, params, epoch, value, best})."""
+    header = ["trial", "status", *params, "epoch", metric, "best so far"]
+    lines = [header]
+    for trial in trials:
+        value, best = trial.get("value"), trial.get("best")
+        lines.append(
+            [
+                trial["trial"],
+                trial["status"].lower(),
+                *(_show(trial["params"].get(p, "")) for p in params),
+                "—" if trial.get("epoch") is None else str(trial["epoch"]),
+                "—" if value is None else f"{value:.4f}",
+                "—" if best is None else f"{best:.4f}",
             ]
         )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]

@@ -173,7 +173,9 @@ class TrainSection(SectionModel):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="auto: bf16 on GPUs that support it, fp32 otherwise (and on CPU)."
     )
-    log_every_n_steps: PositiveInt = Field(10, description="Print progress every N steps.")
+    log_every_n_steps: PositiveInt = Field(
+        10, description="Progress (loss, learning rate, throughput) every N steps: shown, tracked, logged."
+    )
     eval_before_training: bool = Field(
         True,
         description="Evaluate once before the first step: the run's baseline, shown as before → after. "
@@ -278,6 +280,23 @@ class OutputSection(SectionModel):
     num_checkpoints_to_keep: PositiveInt = Field(2, description="Newest checkpoints kept.")
 
 
+class TrackingSection(SectionModel):
+    mlflow: bool = Field(
+        True,
+        description="Track the run in MLflow: the spec as params, metrics per step and epoch, the model.",
+    )
+    tracking_uri: str | None = Field(
+        None,
+        description="MLflow tracking URI (a server, or sqlite:///path). Default: $MLFLOW_TRACKING_URI, "
+        "else sqlite:///<output.dir>/mlflow.db (a local output.dir), else ~/.raft/mlflow.db.",
+    )
+    experiment: str = Field("raft", description="MLflow experiment the run (or search) is filed under.")
+    log_model: bool = Field(True, description="Upload the exported model to MLflow as the run's artifact.")
+    tensorboard: bool = Field(
+        True, description="Also write TensorBoard event files to <run>/tensorboard (same scalars)."
+    )
+
+
 def _union(classes: list[type]) -> Any:
     if len(classes) == 1:
         return classes[0]
@@ -299,6 +318,7 @@ def _build_run_spec() -> type[SectionModel]:
         scaling: ScalingSection = Field(default_factory=ScalingSection)
         deepspeed: DeepSpeedSection = Field(default_factory=DeepSpeedSection)
         output: OutputSection = Field(default_factory=OutputSection)
+        tracking: TrackingSection = Field(default_factory=TrackingSection)
         tune: TuneSection | None = Field(None, description="A hyperparameter search (raft tune).")
         serve: ServeSection | None = Field(None, description="How raft serve deploys the export.")
 
@@ -517,6 +537,7 @@ def reference_markdown() -> str:
         "scaling": ScalingSection,
         "deepspeed": DeepSpeedSection,
         "output": OutputSection,
+        "tracking": TrackingSection,
         "tune": TuneSection,
         "tune.scheduler (type: asha)": AshaScheduler,
         "tune.scheduler (type: pbt)": PbtScheduler,

@@ -83,6 +83,15 @@ def upload_dir(local_dir: str | os.PathLike, location: str) -> None:
     )
 
 
+def download_dir(location: str, local_dir: str | os.PathLike) -> None:
+    """Copy the folder at ``location`` (a path or URI) into a local folder."""
+    filesystem, path = _resolve(location)
+    Path(local_dir).mkdir(parents=True, exist_ok=True)
+    pafs.copy_files(
+        path, str(local_dir), source_filesystem=filesystem, destination_filesystem=pafs.LocalFileSystem()
+    )
+
+
 def marker_path(location: str) -> str:
     return join(location, f"{MARKER_PREFIX}{uuid.uuid4().hex}")
 

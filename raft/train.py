@@ -18,6 +18,7 @@ from raft import checkpoints, data, registry, storage
 from raft.cluster import connect, memory_warning
 from raft.failures import training_failure
 from raft.labels import LabelMap
+from raft.monitor import RunMonitor, logs_dir
 from raft.perf import first_step_breakdown
 from raft.sources import DataError
 from raft.spec import dump_spec
@@ -166,28 +167,39 @@ def fit(spec: Any, address: str | None = None, verbose: bool = False) -> TrainOu
         timeline["data_ready"] = time.time()
         storage.write_text(storage.join(run_dir, "spec.yaml"), dump_spec(spec))
         print(f"[raft] run {spec.run_name}: {describe(spec, prepared)} → {run_dir}", flush=True)
-        trainer = build_trainer(spec, prepared)
-        try:
-            result = trainer.fit()
-        except Exception as error:
-            raise TrainingFailed(training_failure(error, spec)) from error
-        if result.error is not None:
-            raise TrainingFailed(training_failure(result.error, spec))
-        if result.checkpoint is None:
-            raise TrainingFailed("training finished without a checkpoint; nothing to export")
-        damaged = checkpoints.problems(result.checkpoint.filesystem, result.checkpoint.path)
-        if damaged:
-            raise TrainingFailed(
-                f"the final checkpoint {result.checkpoint.path} is damaged ({'; '.join(damaged[:3])}); "
-                "run the same command again to resume from the newest complete checkpoint"
-            )
-        model_dir = storage.join(run_dir, MODEL_DIR)
-        export_checkpoint(result.checkpoint, spec, prepared.labels, model_dir)
+        if not verbose and logs_dir():
+            print(f"[raft] Ray's and DeepSpeed's logs: {logs_dir()} (--verbose shows them here)", flush=True)
+        with RunMonitor(spec, run_dir) as monitor:
+            trainer = build_trainer(spec, prepared, progress=monitor.board)
+            try:
+                result = trainer.fit()
+            except Exception as error:
+                raise TrainingFailed(training_failure(error, spec)) from error
+            if result.error is not None:
+                raise TrainingFailed(training_failure(result.error, spec))
+            if result.checkpoint is None:
+                raise TrainingFailed("training finished without a checkpoint; nothing to export")
+            damaged = checkpoints.problems(result.checkpoint.filesystem, result.checkpoint.path)
+            if damaged:
+                raise TrainingFailed(
+                    f"the final checkpoint {result.checkpoint.path} is damaged ({'; '.join(damaged[:3])}); "
+                    "run the same command again to resume from the newest complete checkpoint"
+                )
+            model_dir = storage.join(run_dir, MODEL_DIR)
+            export_checkpoint(result.checkpoint, spec, prepared.labels, model_dir)
+            tracked = monitor.finish(model_dir)
 
     summary = _summary(
         spec, prepared.labels, result.return_value or {}, time.perf_counter() - started, model_dir
     )
     summary["skipped_rows"] = prepared.skipped
+    summary["tracking"] = tracked
+    if "mlflow" in tracked:
+        print(
+            f"[raft] MLflow run {tracked['mlflow']['run_id']} in {tracked['mlflow']['tracking_uri']} "
+            f"(mlflow ui --backend-store-uri {tracked['mlflow']['tracking_uri']})",
+            flush=True,
+        )
     summary["timeline"] = timeline | (summary.pop("worker_timeline", None) or {})
     stages = first_step_breakdown(summary["timeline"])
     if "first_step" in summary["timeline"]:
@@ -238,10 +250,12 @@ def build_trainer(
     callbacks: list[Any] | None = None,
     checkpoint_config: Any = None,
     start_from: Any = None,
+    progress: Any = None,
 ) -> Any:
     """The ``TorchTrainer`` of one run (``raft train``, or one trial of ``raft tune``);
     ``start_from`` is another run's ``Checkpoint`` to begin from when this run
-    has none of its own (Ray Train v2 dropped ``resume_from_checkpoint`` for this)."""
+    has none of its own (Ray Train v2 dropped ``resume_from_checkpoint`` for this);
+    ``progress`` is the ``raft.monitor`` board rank 0 sends its progress to."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -254,6 +268,7 @@ def build_trainer(
             "skipped": prepared.skipped,
             "samples": prepared.samples,
             "start_from": start_from,
+            "progress": progress,  # raft.monitor's board: rank 0's events for the driver
         },
         scaling_config=ScalingConfig(
             num_workers=spec.scaling.num_workers,  # an int, or (min, max): elastic

@@ -22,6 +22,7 @@ Output under the run folder (``output.dir/output.name``):
     trials/<trial_id>/   each trial's Ray Train run: checkpoints, spec.yaml
                          (PBT: trials/<trial_id>-<n>/ for each restart, with start.json)
     leaderboard.csv      one row per trial, best first
+    leaderboard.json     the same, with every trial's metric per epoch (raft report reads it)
     plots/               the metric per epoch: every trial on one plot, and one per trial
     best/                the winner, laid out as ``raft train`` lays out a run:
                          model/, spec.yaml, summary.json
@@ -38,6 +39,8 @@ from typing import Any
 
 from raft import data, search, storage
 from raft.cluster import connect
+from raft.monitor import RunMonitor
+from raft.search import TRIALS_DIR
 from raft.sources import DataError
 from raft.spec import dump_spec, validate
 from raft.train import (
@@ -54,8 +57,8 @@ from raft.train import (
 from raft.worker import MODEL_DIR
 
 SEARCH_DIR = "search"
-TRIALS_DIR = "trials"
 BEST_DIR = "best"
+LEADERBOARD_JSON = "leaderboard.json"  # the leaderboard with every trial's history (raft report)
 PLOTS_DIR = "plots"
 # Trial results keep Tune's own bookkeeping too; these are the ones a leaderboard shows.
 _TRIAL_ID = "trial_id"
@@ -80,7 +83,13 @@ def trial_spec(document: dict[str, Any], params: dict[str, Any], run_dir: str, t
     return validate(trial)
 
 
-def _run_trial(config: dict[str, Any], document: dict[str, Any], prepared: Any, run_dir: str) -> None:
+def _run_trial(
+    config: dict[str, Any],
+    document: dict[str, Any],
+    prepared: Any,
+    run_dir: str,
+    tracking: dict[str, str] | None = None,
+) -> None:
     from ray import tune
     from ray.train import CheckpointConfig
 
@@ -101,20 +110,27 @@ def _run_trial(config: dict[str, Any], document: dict[str, Any], prepared: Any, 
     metric, mode = metric_and_mode(spec, section)
     # The best epoch's checkpoint is kept for best/ (Ray Train also keeps the latest).
     keep = CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=metric, checkpoint_score_order=mode)
-    if pbt:
-        # Any checkpoint a trial reported may be cloned later, after its own run has moved
-        # on: under PBT no run deletes its checkpoints.
-        keep = CheckpointConfig(num_to_keep=None)
-        _fit_reporting_checkpoints(spec, prepared, keep, tune.get_checkpoint())
-        return
-    from ray.tune.integration.ray_train import TuneReportCallback
+    # The trial's own MLflow run (a child of the search's) and TensorBoard log.
+    with RunMonitor(spec, run_dir_of(spec), console=False, **(tracking or {})) as monitor:
+        if pbt:
+            # Any checkpoint a trial reported may be cloned later, after its own run has moved
+            # on: under PBT no run deletes its checkpoints.
+            keep = CheckpointConfig(num_to_keep=None)
+            _fit_reporting_checkpoints(spec, prepared, keep, tune.get_checkpoint(), monitor.board)
+            monitor.finish(None)
+            return
+        from ray.tune.integration.ray_train import TuneReportCallback
 
-    result = build_trainer(spec, prepared, callbacks=[TuneReportCallback()], checkpoint_config=keep).fit()
-    if result.error is not None:
-        raise TrainingFailed(f"trial {trial_id} failed: {result.error}")
+        trainer = build_trainer(
+            spec, prepared, callbacks=[TuneReportCallback()], checkpoint_config=keep, progress=monitor.board
+        )
+        result = trainer.fit()
+        if result.error is not None:
+            raise TrainingFailed(f"trial {trial_id} failed: {result.error}")
+        monitor.finish(None)
 
 
-def _fit_reporting_checkpoints(spec: Any, prepared: Any, keep: Any, start: Any) -> None:
+def _fit_reporting_checkpoints(spec: Any, prepared: Any, keep: Any, start: Any, board: Any = None) -> None:
     """Fit, handing Tune each epoch's metrics *and checkpoint* (PBT exploits checkpoints;
     ``TuneReportCallback`` carries only their paths). The trainer runs in a thread; its
     controller's callback queues every report, and this function reports them to Tune."""
@@ -149,6 +165,7 @@ def _fit_reporting_checkpoints(spec: Any, prepared: Any, keep: Any, start: Any) 
         callbacks=[_QueueReports(reports)],
         checkpoint_config=keep,
         start_from=start,
+        progress=board,
     )
     outcome: dict[str, Any] = {}
 
@@ -327,15 +344,34 @@ def _search_algorithm(section: search.TuneSection) -> Any:
 
 
 # -- progress on the driver -----------------------------------------------------------
-def _progress_callback(metric: str, mode: str) -> Any:
+TABLE_SECONDS = 30.0  # the live trials table is printed at most this often (and at each trial's end)
+
+
+def _progress_callback(metric: str, mode: str, section: search.TuneSection) -> Any:
     from ray.tune import Callback
 
     class Progress(Callback):
-        """One line per trial event: its metric, the counts by state, the best so far."""
+        """One line per trial event: its metric, the counts by state, the best so far;
+        and a table of every trial, every TABLE_SECONDS and whenever a trial ends."""
 
         def __init__(self) -> None:
             self.best: tuple[float, str] | None = None
             self.started = time.perf_counter()
+            self.table_at = self.started
+            self.latest: dict[str, dict[str, Any]] = {}  # trial id → its last epoch and best
+
+        def _table(self, trials: list[Any]) -> None:
+            self.table_at = time.perf_counter()
+            rows = [
+                {
+                    "trial": trial.trial_id,
+                    "status": trial.status,
+                    "params": decode(trial.config, section),
+                    **self.latest.get(trial.trial_id, {}),
+                }
+                for trial in trials
+            ]
+            print(search.trials_table(rows, list(section.space), metric), flush=True)
 
         def _counts(self, trials: list[Any]) -> str:
             states: dict[str, int] = {}
@@ -353,6 +389,11 @@ def _progress_callback(metric: str, mode: str) -> Any:
                 )
                 if better:
                     self.best = (value, trial.trial_id)
+                record = self.latest.setdefault(trial.trial_id, {})
+                record.update(epoch=result.get("epoch"), value=value)
+                kept = record.get("best")
+                if kept is None or (value > kept if mode == "max" else value < kept):
+                    record["best"] = value
             shown = f"{value:.4f}" if isinstance(value, int | float) else "—"
             best = f"{self.best[0]:.4f} ({self.best[1]})" if self.best else "—"
             print(
@@ -360,12 +401,16 @@ def _progress_callback(metric: str, mode: str) -> Any:
                 f"epoch {result.get('epoch')}: {metric}={shown} · {self._counts(trials)} · best {best}",
                 flush=True,
             )
+            if time.perf_counter() - self.table_at >= TABLE_SECONDS:
+                self._table(trials)
 
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             print(f"[raft tune] trial {trial.trial_id} ended · {self._counts(trials)}", flush=True)
+            self._table(trials)
 
         def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             print(f"[raft tune] trial {trial.trial_id} failed · {self._counts(trials)}", flush=True)
+            self._table(trials)
 
     return Progress()
 
@@ -437,6 +482,8 @@ def _search(spec: Any, run_dir: str, address: str | None, verbose: bool, resume:
     # near 5%); a trial that finished after the last save reruns after an interruption.
     # The state is a few KB per trial: save it every second instead.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+    if not verbose:  # Tune's own status boxes: raft prints a line per result and a trials table
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     from ray import tune
 
     section = spec.tune
@@ -447,12 +494,14 @@ def _search(spec: Any, run_dir: str, address: str | None, verbose: bool, resume:
         print(f"[raft tune] search {spec.run_name}: {describe(spec, prepared)} → {run_dir}", flush=True)
         if not resume:
             storage.write_text(storage.join(run_dir, "spec.yaml"), dump_spec(spec))
+        tracked = _search_tracking(spec, run_dir)
         trainable = tune.with_resources(
             tune.with_parameters(
                 _run_trial,
                 document=spec.model_dump(mode="json"),
                 prepared=prepared if _shares_data(section) else None,
                 run_dir=run_dir,
+                tracking={"parent_run_id": tracked.run_id, "tracking_uri": tracked.uri} if tracked else None,
             ),
             # The trial's workers reserve its CPUs; the function only waits on them, so it
             # takes a token share (Tune refuses an empty request).
@@ -486,19 +535,63 @@ def _search(spec: Any, run_dir: str, address: str | None, verbose: bool, resume:
                     # into the trial it cloned, and deleting "old" ones removed checkpoints a
                     # restarting trial was about to load.
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
-                    callbacks=[_progress_callback(metric, mode)],
+                    callbacks=[_progress_callback(metric, mode, section)],
                     verbose=1 if verbose else 0,
                 ),
             )
-        grid = tuner.fit()
-        rows = leaderboard_rows(grid, spec, section, metric, mode, run_dir)
-        storage.write_text(
-            storage.join(run_dir, "leaderboard.csv"), search.leaderboard_csv(rows, list(section.space))
-        )
-        print("\n" + search.leaderboard_table(rows, list(section.space), metric), flush=True)
-        _plot(rows, metric, run_dir)
-        best_dir = _export_best(rows, spec, prepared, run_dir, metric, mode)
+        try:
+            grid = tuner.fit()
+            rows = leaderboard_rows(grid, spec, section, metric, mode, run_dir)
+            storage.write_text(
+                storage.join(run_dir, "leaderboard.csv"), search.leaderboard_csv(rows, list(section.space))
+            )
+            storage.write_text(
+                storage.join(run_dir, LEADERBOARD_JSON), json.dumps(rows, indent=2, default=str)
+            )
+            print("\n" + search.leaderboard_table(rows, list(section.space), metric), flush=True)
+            _plot(rows, metric, run_dir)
+            best_dir = _export_best(rows, spec, prepared, run_dir, metric, mode)
+        except BaseException:
+            if tracked:
+                tracked.end("FAILED")
+            raise
+        if tracked:
+            _finish_search_tracking(tracked, spec, rows, metric, run_dir, best_dir)
     return SearchOutcome(run_dir, best_dir, metric, mode, rows, time.perf_counter() - started)
+
+
+def _search_tracking(spec: Any, run_dir: str) -> Any:
+    """The search's MLflow run, or None (tracking off, or a store that fails: the search goes on)."""
+    from raft.tracking import search_run
+
+    try:
+        return search_run(spec, run_dir)
+    except Exception as error:
+        print(
+            f"[raft tune] warning: experiment tracking is off ({type(error).__name__}: {error})", flush=True
+        )
+        return None
+
+
+def _finish_search_tracking(
+    tracked: Any, spec: Any, rows: list[dict[str, Any]], metric: str, run_dir: str, best_dir: str | None
+) -> None:
+    try:
+        winner = next((row for row in rows if row.get("best") is not None), None)
+        if winner is not None:
+            tracked.log_metrics({f"best/{metric}": float(winner["best"])}, step=0)
+            tracked.set_tag("raft.best_trial", winner["trial"])
+        tracked.client.log_text(
+            tracked.run_id, search.leaderboard_csv(rows, list(spec.tune.space)), "leaderboard.csv"
+        )
+        if best_dir and spec.tracking.log_model:
+            tracked.log_model(storage.join(best_dir, MODEL_DIR))
+        tracked.end("FINISHED")
+        print(f"[raft tune] MLflow: search run {tracked.run_id} in {tracked.uri}", flush=True)
+    except Exception as error:
+        print(
+            f"[raft tune] warning: experiment tracking failed ({type(error).__name__}: {error})", flush=True
+        )
 
 
 def _restore_asha_rungs(tuner: Any, search_path: str, section: search.TuneSection, mode: str) -> None:

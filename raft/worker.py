@@ -78,7 +78,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     model = _build_model(spec, task, labels, ds_config)
     timeline["model_loaded"] = time.time()
     trainable, total = _count_parameters(model)
-    log = _Logger(rank)
+    log = _Logger(rank, config.get("progress"))
     worker_nodes = _worker_nodes()
     log(f"workers on {len(set(worker_nodes))} node(s): " + ", ".join(n[:8] for n in worker_nodes))
     log(
@@ -97,6 +97,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
         else None
     )
     state = restored.state if restored else TrainState()
+    log.event(
+        event="start",
+        total_steps=steps,
+        epochs=spec.train.epochs,
+        world_size=world_size,
+        global_step=state.global_step,
+        trainable=trainable,
+        total=total,
+    )
     train_shard = ray.train.get_dataset_shard("train")
     validation_shard = ray.train.get_dataset_shard("validation")
 
@@ -104,7 +113,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
         initial = _evaluate(engine, validation_shard, task, spec, labels, device, samples)
         initial.update(epoch=0, global_step=0)
         state.history.append(initial)
-        log(f"before training: {_format(initial)}")
+        log(f"before training: {_format(initial)}", show=False)
+        log.event(event="epoch", **_scalars(initial))
     timeline["evaluated"] = time.time()
 
     loop_start, samples_seen, probe = time.perf_counter(), 0, _FirstStep(timeline, engine)
@@ -125,7 +135,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
             **skipped,
         )
         state.history.append(metrics)
-        log(f"epoch {state.epoch}/{spec.train.epochs}: {_format(metrics)}")
+        log(f"epoch {state.epoch}/{spec.train.epochs}: {_format(metrics)}", show=False)
+        log.event(event="epoch", **_scalars(metrics))
+        for sample in metrics.get("generations", []):
+            log(_format_generation(sample))
         _report(engine, spec, state, metrics)
 
     elapsed = time.perf_counter() - loop_start
@@ -631,10 +644,23 @@ def _train_one_epoch(
                 probe.stepped()
             if state.global_step % spec.train.log_every_n_steps == 0:
                 now = time.perf_counter()
+                loss_now, lr, rate = (
+                    float(loss_sum) / batches,
+                    engine.get_lr()[0],
+                    window_samples / (now - window_start),
+                )
                 log(
                     f"epoch {state.epoch + 1} step {state.global_step}/{steps} "
-                    f"loss {float(loss_sum) / batches:.4f} lr {engine.get_lr()[0]:.2e} "
-                    f"{window_samples / (now - window_start):.1f} samples/s/worker"
+                    f"loss {loss_now:.4f} lr {lr:.2e} {rate:.1f} samples/s/worker",
+                    show=False,
+                )
+                log.event(
+                    event="step",
+                    epoch=state.epoch + 1,
+                    global_step=state.global_step,
+                    loss=loss_now,
+                    lr=lr,
+                    samples_per_second=rate,
                 )
                 window_start, window_samples = now, 0
             if (
@@ -732,6 +758,9 @@ def _evaluate(
     if "val_loss" not in metrics:  # families that weight the loss by token report their own
         metrics["val_loss"] = float(packed[0] / total_rows) if total_rows else float("nan")
     metrics["val_rows"] = total_rows
+    confusion = None if task.row_stats else task.confusion(summed)
+    if confusion is not None:  # kept in the run's history for reports (not a scalar)
+        metrics["confusion_matrix"] = np.asarray(confusion).tolist()
     if generations:
         metrics["generations"] = generations
     return metrics
@@ -749,27 +778,44 @@ def skipped_row_metrics(skipped: dict[str, dict[str, int]]) -> dict[str, int]:
 
 
 class _Logger:
-    """Progress lines from rank 0 only (Ray forwards them to the driver's terminal)."""
+    """Rank 0's progress: each line goes to the worker's stdout (Ray's log files; the
+    driver's terminal with --verbose), and to the driver's progress board (raft.monitor),
+    which shows messages and turns step and epoch events into the progress display."""
 
-    def __init__(self, rank: int):
-        self.rank = rank
+    def __init__(self, rank: int, board: Any = None):
+        self.rank, self.board = rank, board
 
-    def __call__(self, message: str) -> None:
-        if self.rank == 0:
-            # Straight to the process's stdout: Ray Train's patched print would also copy
-            # it to its logger, and the driver would show every line twice.
-            print(f"[raft] {message}", file=sys.__stdout__, flush=True)
+    def __call__(self, message: str, show: bool = True) -> None:
+        if self.rank != 0:
+            return
+        # Straight to the process's stdout: Ray Train's patched print would also copy
+        # it to its logger, and the driver would show every line twice.
+        print(f"[raft] {message}", file=sys.__stdout__, flush=True)
+        if show:
+            self.event(event="message", text=message)
+
+    def event(self, **event: Any) -> None:
+        """Fire-and-forget: a step never waits on the driver."""
+        if self.rank == 0 and self.board is not None:
+            self.board.push.remote({"time": time.time(), **event})
 
 
 def _format(metrics: dict[str, Any]) -> str:
     line = " ".join(
         f"{key} {value:.4f}" if isinstance(value, float) else f"{key} {value}"
         for key, value in metrics.items()
-        if key not in ("epoch", "global_step", "generations") and not key.startswith("skipped_")
+        if key not in ("epoch", "global_step", "generations", "confusion_matrix")
+        and not key.startswith("skipped_")
     )
     for sample in metrics.get("generations", []):
-        line += f"\n    {sample['prompt'][-60:]!r} → {sample['output'][:80]!r} (reference {sample['reference'][:40]!r})"
+        line += "\n" + _format_generation(sample)
     return line
+
+
+def _format_generation(sample: dict[str, Any]) -> str:
+    return (
+        f"    {sample['prompt'][-60:]!r} → {sample['output'][:80]!r} (reference {sample['reference'][:40]!r})"
+    )
 
 
 def _scalars(metrics: dict[str, Any]) -> dict[str, Any]:

@@ -235,6 +235,11 @@ class Task(ABC):
         """``metrics`` where they depend on the task spec (image-text's recall@k)."""
         return self.metrics(stats, labels)
 
+    def confusion(self, stats: np.ndarray) -> np.ndarray | None:
+        """The confusion matrix (rows: true class, columns: predicted) in the summed
+        statistics, for classifiers; reports draw it."""
+        return None
+
     def combine_stats(self, total: np.ndarray, batch: np.ndarray) -> np.ndarray:
         """Fold one batch's statistics into the running total: a sum, or for ``row_stats``
         families a concatenation of per-row statistics."""

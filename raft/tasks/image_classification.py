@@ -141,6 +141,9 @@ class ImageClassification(Task):
         stats[-1, 1] = k
         return stats
 
+    def confusion(self, stats: np.ndarray) -> np.ndarray | None:
+        return stats[:-1]
+
     def metrics(self, stats: np.ndarray, labels: LabelMap | None) -> dict[str, float]:
         confusion = stats[:-1]
         metrics = classification_metrics(confusion)

@@ -111,6 +111,9 @@ class SequenceClassification(Task):
         predictions = outputs.logits.argmax(dim=-1).cpu().numpy()
         return confusion_matrix(batch["labels"].cpu().numpy(), predictions, labels.num_labels)
 
+    def confusion(self, stats: np.ndarray) -> np.ndarray | None:
+        return stats
+
     def metrics(self, stats: np.ndarray, labels: LabelMap | None) -> dict[str, float]:
         return classification_metrics(stats)
 

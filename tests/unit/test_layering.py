@@ -28,6 +28,9 @@ PURE = [
     "raft.perf",
     "raft.batching",
     "raft.plan",
+    "raft.progress",
+    "raft.tracking",
+    "raft.report",
 ]
 
 
