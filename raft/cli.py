@@ -409,6 +409,7 @@ def doctor(address: str | None, storage: str | None) -> None:
     show_default=True,
     help="Serve application name: give each model its own (and its own serve.route_prefix) to serve several.",
 )
+@click.option("--verbose", is_flag=True, help="Show Ray Serve's and the replicas' own log lines.")
 def serve(
     model_dir: str | None,
     overrides: tuple[str, ...],
@@ -416,6 +417,7 @@ def serve(
     build_file: str | None,
     address: str | None,
     name: str,
+    verbose: bool,
 ) -> None:
     """Serve an exported model over HTTP with Ray Serve (serve.key=value overrides)."""
     import yaml
@@ -432,7 +434,7 @@ def serve(
     stray = [o for o in overrides if not o.startswith("serve.")]
     if stray:
         _fail(f"raft serve takes serve.key=value overrides only; got {', '.join(stray)}")
-    from raft.serve import ServeError, check_servable, start
+    from raft.serve import ServeError, check_servable, start, status_line
 
     try:
         spec = check_servable(model_dir)
@@ -453,8 +455,9 @@ def serve(
         Path(build_file).write_text(yaml.safe_dump(config, sort_keys=False))
         click.echo(f"{build_file}: run it with: serve run {build_file}   (or serve deploy on a cluster)")
         return
+    click.echo(f"[raft serve] deploying {spec.task.type} model from {model_dir} …")
     try:
-        url = start(model_dir, section, address, name=name)
+        url = start(model_dir, section, address, name=name, verbose=verbose)
     except ServeError as error:
         _fail(str(error))
     click.echo(f"[raft serve] {spec.task.type} model from {model_dir} at {url}")
@@ -462,8 +465,13 @@ def serve(
     click.echo(f"  {serving.example_request(spec.task.type, url, served_name)}")
     click.echo("  Ctrl-C stops it.")
     try:
-        while True:
-            time.sleep(1)
+        shown = None
+        while True:  # the application's state whenever it changes (replicas, autoscaling, restarts)
+            line = status_line(name)
+            if line != shown:
+                click.echo(f"[raft serve] {time.strftime('%H:%M:%S')} {line}")
+                shown = line
+            time.sleep(2)
     except KeyboardInterrupt:
         from ray import serve as ray_serve
 

@@ -35,7 +35,7 @@ class RunProgress:
     total_steps: int | None = None
     epochs: int | None = None
     world_size: int = 1
-    first_step: int | None = None  # global step of the first step event seen (a resume starts late)
+    first_step: int | None = None  # global step of the first step event (a resume starts late)
     first_time: float | None = None
     global_step: int = 0
     epoch: int = 0
@@ -49,9 +49,9 @@ class RunProgress:
             self.world_size = int(event.get("world_size") or 1)
             self.global_step = int(event.get("global_step") or 0)
         elif kind == "step":
-            if self.first_step is None:
-                self.first_step, self.first_time = self.global_step, event["time"]
             self.global_step = int(event["global_step"])
+            if self.first_step is None:  # the pace is measured from here on
+                self.first_step, self.first_time = self.global_step, event["time"]
             self.epoch = int(event["epoch"])
             self.last = event
         elif kind == "epoch":

@@ -444,7 +444,11 @@ def check_servable(model_dir: str, section: serving.ServeSection | None = None) 
 
 
 def start(
-    model_dir: str, section: serving.ServeSection, address: str | None = None, name: str = serving.APP_NAME
+    model_dir: str,
+    section: serving.ServeSection,
+    address: str | None = None,
+    name: str = serving.APP_NAME,
+    verbose: bool = True,
 ) -> str:
     """Deploy ``model_dir`` as the Serve application ``name`` and return its URL once every
     replica is up (does not block). Applications of other names keep running beside it."""
@@ -463,13 +467,16 @@ def start(
         address = address or os.environ.get("RAY_ADDRESS")
         if address:
             use_token_if_available()
-            ray.init(address=address, logging_level="WARNING")
+            ray.init(address=address, logging_level="WARNING", log_to_driver=verbose)
         else:
             ray.init(
                 address="local",  # its own, as raft.cluster.connect starts one
                 num_cpus=math.ceil(needed) + 1,
                 _system_config=LOCAL_SYSTEM_CONFIG,
                 logging_level="WARNING",
+                # Replicas' and Serve's own logs (access logs too) stay in Ray's log files
+                # unless verbose: raft serve prints the application's state as it changes.
+                log_to_driver=verbose,
             )
     available = ray.available_resources().get("CPU", 0.0)
     if needed > available:
@@ -489,6 +496,21 @@ def start(
     serve.run(app, name=name, route_prefix=section.route_prefix)
     host = "127.0.0.1" if section.host in ("0.0.0.0", "::") else section.host
     return f"http://{host}:{section.port}{section.route_prefix.rstrip('/')}"
+
+
+def status_line(name: str = serving.APP_NAME) -> str:
+    """The application's state now, as ``raft serve`` shows it while it serves."""
+    application = serve.status().applications.get(name)
+    if application is None:
+        return "not deployed"
+    deployments = {
+        deployment: (
+            str(overview.status.value),
+            {str(state.value): n for state, n in overview.replica_states.items()},
+        )
+        for deployment, overview in application.deployments.items()
+    }
+    return serving.describe_status(str(application.status.value), deployments, application.message)
 
 
 def build_app(args: dict[str, Any]) -> Any:

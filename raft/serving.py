@@ -261,6 +261,21 @@ def logging_config(section: ServeSection) -> dict[str, Any]:
     return {"enable_access_log": section.access_log}
 
 
+def describe_status(
+    app_status: str, deployments: dict[str, tuple[str, dict[str, int]]], message: str = ""
+) -> str:
+    """One line of a Serve application's state: its status, each deployment's status and
+    replicas by state (``raft serve`` prints it whenever it changes: replicas starting,
+    autoscaling, a replica replaced after a failure)."""
+    parts = [app_status]
+    for name, (status, replicas) in sorted(deployments.items()):
+        counts = ", ".join(f"{count} {state.lower()}" for state, count in sorted(replicas.items()) if count)
+        parts.append(f"{name} {status.lower()}: {counts or 'no replicas'}")
+    if message and app_status != "RUNNING":
+        parts.append(message.strip().splitlines()[0][:300])
+    return " · ".join(parts)
+
+
 def initial_replicas(section: ServeSection) -> int:
     if section.autoscaling is not None:
         return max(section.autoscaling.min_replicas, 1)

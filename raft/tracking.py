@@ -217,3 +217,44 @@ def search_run(spec: Any, run_dir: str) -> MlflowRun | None:
     )
     run.log_params(progress.flat_params(spec.model_dump(mode="json")))
     return run
+
+
+def close_trial_runs(search: MlflowRun, trials: dict[str, dict[str, Any]]) -> None:
+    """Finish the trial runs a search left open. Tune stops a trial (ASHA, PBT) by ending
+    its process, whose monitor then neither drains its last events nor ends its MLflow
+    run: from Tune's own record of each trial ({trial_id: {"results": [every reported
+    result], "errored", "stopped_early"}}) the missing epochs are logged and the run is
+    ended. A run no trial id names (a PBT restart's earlier segment) is marked KILLED."""
+    children = search.client.search_runs(
+        [search.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{search.run_id}'", max_results=5000
+    )
+    for child in children:
+        trial = trials.get(child.info.run_name)
+        run_id = child.info.run_id
+        if trial is not None:
+            search.client.set_tag(run_id, "raft.stopped_early", str(bool(trial["stopped_early"])).lower())
+        if child.info.status != "RUNNING":
+            continue
+        if trial is None:
+            search.client.set_terminated(run_id, status="KILLED")
+            continue
+        logged = {int(m.value) for m in search.client.get_metric_history(run_id, "epoch")}
+        for result in trial["results"]:
+            if result.get("epoch") is None or int(result["epoch"]) in logged:
+                continue
+            kept = {k: v for k, v in result.items() if k.startswith("val_") or k in ("epoch", "train_loss")}
+            step = int(result.get("global_step") or 0)
+            search_view(search, run_id).log_metrics(progress.epoch_metrics(kept), step)
+        search.client.set_terminated(run_id, status="FAILED" if trial["errored"] else "FINISHED")
+
+
+def search_view(search: MlflowRun, run_id: str) -> MlflowRun:
+    """Another run of the same store, through the search's client."""
+    view = object.__new__(MlflowRun)
+    view.uri, view.client, view.experiment_id, view.run_id = (
+        search.uri,
+        search.client,
+        search.experiment_id,
+        run_id,
+    )
+    return view

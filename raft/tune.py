@@ -556,7 +556,7 @@ def _search(spec: Any, run_dir: str, address: str | None, verbose: bool, resume:
                 tracked.end("FAILED")
             raise
         if tracked:
-            _finish_search_tracking(tracked, spec, rows, metric, run_dir, best_dir)
+            _finish_search_tracking(tracked, spec, rows, metric, run_dir, best_dir, grid)
     return SearchOutcome(run_dir, best_dir, metric, mode, rows, time.perf_counter() - started)
 
 
@@ -574,9 +574,29 @@ def _search_tracking(spec: Any, run_dir: str) -> Any:
 
 
 def _finish_search_tracking(
-    tracked: Any, spec: Any, rows: list[dict[str, Any]], metric: str, run_dir: str, best_dir: str | None
+    tracked: Any,
+    spec: Any,
+    rows: list[dict[str, Any]],
+    metric: str,
+    run_dir: str,
+    best_dir: str | None,
+    grid: Any,
 ) -> None:
+    from raft.tracking import close_trial_runs
+
     try:
+        trial_ids = {trial.path: trial.trial_id for trial in grid._experiment_analysis.trials}
+        by_trial = {row["trial"]: row for row in rows}
+        trials = {}
+        for result in grid:
+            trial_id = trial_ids.get(result.path) or Path(result.path).name
+            frame = result.metrics_dataframe
+            trials[trial_id] = {
+                "results": frame.to_dict("records") if frame is not None else [],
+                "errored": result.error is not None,
+                "stopped_early": by_trial.get(trial_id, {}).get("stopped_early", False),
+            }
+        close_trial_runs(tracked, trials)
         winner = next((row for row in rows if row.get("best") is not None), None)
         if winner is not None:
             tracked.log_metrics({f"best/{metric}": float(winner["best"])}, step=0)

@@ -41,3 +41,28 @@ def export_tiny(model_path: Path, root: Path, task: dict, labels: tuple[str, ...
     model = registry.get_task(spec.task.type).build_model(str(model_path), spec.task, label_map)
     model.save_pretrained(root / "checkpoint")
     return export_model(root / "checkpoint", root / "served" / "model", spec, label_map)
+
+
+def render_in_chromium(page: Path) -> str:
+    """The page's DOM after headless Chromium ran its scripts (plotly draws then)."""
+    import re
+    import shutil
+    import subprocess
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "headless Chromium is not installed: `make browser` installs Debian's package"
+    done = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=20000",
+         "--dump-dom", page.resolve().as_uri()],
+        capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert done.returncode == 0 and "<body" in done.stdout, done.stderr[-2000:]
+    return re.sub(r"\s+", " ", done.stdout)
+
+
+def drawn_titles(dom: str) -> list[str]:
+    """The titles plotly drew into the page's SVG, in page order."""
+    import html
+    import re
+
+    return [html.unescape(t) for t in re.findall(r'class="gtitle"[^>]*data-unformatted="([^"]*)"', dom)]

@@ -17,7 +17,7 @@ from raft import registry
 from raft.evaluate import load_exported
 from raft.export import export_model
 from raft.labels import LabelMap
-from raft.serve import start
+from raft.serve import start, status_line
 from raft.serving import ServeSection
 from raft.spec import validate
 
@@ -85,6 +85,9 @@ def test_a_token_classifier_answers_with_entities_beside_the_classifier(tagger, 
             (e["entity"], e["start"], e["end"]) for e in want["entities"]
         ]
     assert httpx.get(f"{url}/healthz", timeout=10).json()["task"] == "sequence_classification"
+    # What raft serve prints while it serves: each application's state and replicas.
+    assert status_line("ner") == status_line() == "RUNNING · Predictor healthy: 1 running"
+    assert status_line("absent") == "not deployed"
 
 
 def test_predictions_over_http_equal_an_in_process_call(classifier, url):

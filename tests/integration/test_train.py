@@ -17,7 +17,7 @@ import pytest
 from raft import perf
 from raft.spec import validate
 from raft.train import fit
-from tests.helpers import base_spec
+from tests.helpers import base_spec, drawn_titles, render_in_chromium
 
 pytestmark = pytest.mark.slow
 
@@ -79,7 +79,7 @@ def test_trains_and_exports(tiny_bert, toy_data, tmp_path, deepspeed, technique,
         tmp_path,
         technique=technique,
         deepspeed=deepspeed,
-        train={"epochs": 4, "lr": 3e-3},
+        train={"epochs": 4, "lr": 3e-3, "log_every_n_steps": 5},
     )
     document["data"]["group_by_length"] = grouped
     spec = validate(document)
@@ -103,6 +103,52 @@ def test_trains_and_exports(tiny_bert, toy_data, tmp_path, deepspeed, technique,
         padding = 1 - epoch["tokens_per_second"] / epoch["padded_tokens_per_second"]
         assert padding < 0.08 if grouped else padding > 0.15, (grouped, padding)
     assert not train_actors("PreemptionWatcher")  # a local cluster runs none (raft.resources)
+    assert_tracked_and_reported(outcome, deepspeed["zero_stage"])
+
+
+def assert_tracked_and_reported(outcome, zero_stage: int) -> None:
+    """What the driver saw of the run (metrics.jsonl), read back from MLflow with its own
+    client and from TensorBoard's files with its reader, and the report Chromium draws."""
+    from mlflow.tracking import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from raft.report import write_report
+
+    run_dir, history = Path(outcome.run_dir), outcome.history
+    events = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in events].count("start") == 1
+    assert [e["epoch"] for e in events if e["event"] == "epoch"] == [0, 1, 2, 3, 4]
+    steps = [e["global_step"] for e in events if e["event"] == "step"]
+    assert steps == list(range(5, history[-1]["global_step"] + 1, 5))  # every log_every_n_steps
+
+    tracked = outcome.summary["tracking"]
+    client = MlflowClient(tracked["mlflow"]["tracking_uri"])
+    run_id = tracked["mlflow"]["run_id"]
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.info.run_name == run_dir.name
+    assert run.data.params["deepspeed.zero_stage"] == str(zero_stage)
+    assert run.data.params["train.log_every_n_steps"] == "5"
+    assert [m.step for m in client.get_metric_history(run_id, "train/loss")] == steps
+    accuracy = sorted((m.step, m.value) for m in client.get_metric_history(run_id, "eval/accuracy"))
+    assert accuracy == [(h["global_step"], h["val_accuracy"]) for h in history]
+    assert "model/model.safetensors" in {a.path for a in client.list_artifacts(run_id, "model")}
+
+    scalars = EventAccumulator(tracked["tensorboard"])
+    scalars.Reload()
+    assert [e.step for e in scalars.Scalars("train/loss")] == steps
+    assert [e.value for e in scalars.Scalars("eval/accuracy")] == pytest.approx(
+        [h["val_accuracy"] for h in history]
+    )
+
+    dom = render_in_chromium(Path(write_report(str(run_dir))))
+    assert drawn_titles(dom) == [
+        "Loss",
+        "Validation metrics per epoch",
+        "Learning rate",
+        "Throughput",
+        "Confusion matrix (last evaluation)",
+    ]
+    assert 'class="hm"' in dom and "positive" in dom  # the heatmap, labelled by class name
 
 
 def train_actors(class_name: str) -> list:

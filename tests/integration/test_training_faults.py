@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -210,6 +211,14 @@ def test_driver_killed_the_same_command_resumes_past_a_damaged_checkpoint(tiny_b
     assert again.returncode == 0, output[-3000:]
     assert f"{newest.name} is damaged (model/model.safetensors: 100 bytes" in output, output[-3000:]
     assert f"resumed from {older.name}: epoch 0, step {older_step}" in output
+    # Live progress on the driver; Ray's and the workers' own output stays in Ray's logs.
+    assert re.search(
+        r"\[raft\] epoch 1/1 · step \d+/38 \(\d+%\) · loss [\d.]+ · lr [\d.e+-]+ · [\d.]+ samples/s · ETA",
+        output,
+    ), output[-3000:]
+    assert "(RayTrainWorker" not in output and "(TrainController" not in output, output[-3000:]
+    logs = re.search(r"\[raft\] Ray's and DeepSpeed's logs: (\S+) \(--verbose shows them here\)", output)
+    assert logs and list(Path(logs.group(1)).glob("worker-*.out")), output[-3000:]  # the full logs, on disk
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["resumed_from"] == {"epoch": 0, "global_step": older_step, "checkpoint": older.name}
     assert summary["history"][-1]["global_step"] == 38

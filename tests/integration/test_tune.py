@@ -18,7 +18,7 @@ import yaml
 
 from raft.spec import validate
 from raft.tune import TRIALS_DIR, resume_search, run_search
-from tests.helpers import base_spec
+from tests.helpers import base_spec, drawn_titles, render_in_chromium
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -81,7 +81,10 @@ def test_asha_search_killed_resumes_retries_and_exports_the_winner(tiny_bert, to
         tiny_bert,
         toy_data,
         tmp_path,
-        train={"epochs": 2, "lr": 3e-3},
+        # A constant lr: with the default linear decay the full trial's loss drops right at
+        # the end of epoch 1 (step ~38), and in some runs only just after it, when ASHA
+        # would see both trials at chance. Constant, it is at val_loss < 0.1 by then.
+        train={"epochs": 2, "lr": 3e-3, "lr_scheduler": "constant"},
         scaling={"num_workers": 1},
         output={"name": "asha"},
         tune={
@@ -165,6 +168,42 @@ def test_asha_search_killed_resumes_retries_and_exports_the_winner(tiny_bert, to
     summary = json.loads((best / "summary.json").read_text())
     assert summary["trial"] == first.name and summary["best"] == good["best"] >= 0.9
     assert _accuracy(best / "model", toy_data["validation"]) == pytest.approx(summary["best"], abs=0.02)
+    assert_search_tracked_and_reported(run_dir, board)
+
+
+def assert_search_tracked_and_reported(run_dir: Path, board: list[dict]) -> None:
+    """One MLflow run for the search (resumed after the kill, not a second one) with
+    every trial's run under it; the search's report as Chromium draws it."""
+    from mlflow.tracking import MlflowClient
+
+    from raft.report import write_report
+    from raft.tracking import PARENT_TAG, RUN_DIR_TAG
+
+    client = MlflowClient(f"sqlite:///{run_dir.parent / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("raft").experiment_id
+    (search,) = client.search_runs([experiment], filter_string=f"tags.`{RUN_DIR_TAG}` = '{run_dir}'")
+    assert search.info.status == "FINISHED" and search.data.tags["raft.best_trial"] == board[0]["trial"]
+    assert search.data.metrics["best/val_accuracy"] == board[0]["best"]
+    assert "tune.scheduler.type" in search.data.params
+    children = client.search_runs([experiment], filter_string=f"tags.`{PARENT_TAG}` = '{search.info.run_id}'")
+    by_name = {child.info.run_name: child for child in children}
+    assert sorted(by_name) == sorted(row["trial"] for row in board)  # a retried trial keeps its run
+    for row in board:
+        child = by_name[row["trial"]]
+        assert child.info.status == ("FINISHED" if row["status"] == "finished" else "FAILED")
+        assert child.data.tags["raft.stopped_early"] == str(row["stopped_early"]).lower()
+        if row["status"] == "finished":
+            epochs = client.get_metric_history(child.info.run_id, "eval/accuracy")
+            assert max(m.value for m in epochs) == pytest.approx(row["best"])
+    assert {a.path for a in client.list_artifacts(search.info.run_id)} >= {"leaderboard.csv", "model"}
+
+    dom = render_in_chromium(Path(write_report(str(run_dir))))
+    assert drawn_titles(dom) == [
+        "val_accuracy per epoch, every trial",
+        "Hyperparameters against the best val_accuracy of each trial",
+        "Training loss per step, every trial",
+    ]
+    assert 'class="parcoords"' in dom and "Leaderboard" in dom
 
 
 def test_pbt_restarts_the_poor_trial_from_the_good_ones_checkpoint_with_a_mutated_lr(

@@ -320,3 +320,18 @@ def test_a_refused_input_neither_counts_against_a_replica_nor_for_it():
     health.record(ValueError("bad option"))
     health.record(RuntimeError("CUDA error"))
     assert health.problem() == "its last 2 model calls failed, the last with RuntimeError: CUDA error"
+
+
+def test_the_serve_status_line_counts_replicas_by_state_and_names_a_failure():
+    from raft.serving import describe_status
+
+    assert (
+        describe_status("RUNNING", {"Predictor": ("HEALTHY", {"RUNNING": 2, "STARTING": 0})})
+        == "RUNNING · Predictor healthy: 2 running"
+    )
+    assert describe_status(
+        "DEPLOYING", {"Predictor": ("UPDATING", {"STARTING": 1, "RUNNING": 1})}, "waiting for replicas\nmore"
+    ) == ("DEPLOYING · Predictor updating: 1 running, 1 starting · waiting for replicas")
+    assert describe_status("DEPLOY_FAILED", {"Predictor": ("UNHEALTHY", {})}, "boom") == (
+        "DEPLOY_FAILED · Predictor unhealthy: no replicas · boom"
+    )
