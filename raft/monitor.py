@@ -46,7 +46,10 @@ def new_board() -> Any:
     """A board on the driver's node (soft): a lost worker node must not take it along."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    here = ray.get_runtime_context().get_node_id()
+    try:
+        here = ray.get_runtime_context().get_node_id()
+    except Exception:  # a Ray Client driver is on no node of the cluster
+        return ProgressBoard.remote()
     return ProgressBoard.options(
         scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=True)
     ).remote()

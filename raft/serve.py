@@ -503,14 +503,15 @@ def status_line(name: str = serving.APP_NAME) -> str:
     application = serve.status().applications.get(name)
     if application is None:
         return "not deployed"
+
+    def name(value: Any) -> str:  # Serve's enums, or their string values (replica states)
+        return str(getattr(value, "value", value))
+
     deployments = {
-        deployment: (
-            str(overview.status.value),
-            {str(state.value): n for state, n in overview.replica_states.items()},
-        )
+        deployment: (name(overview.status), {name(state): n for state, n in overview.replica_states.items()})
         for deployment, overview in application.deployments.items()
     }
-    return serving.describe_status(str(application.status.value), deployments, application.message)
+    return serving.describe_status(name(application.status), deployments, application.message)
 
 
 def build_app(args: dict[str, Any]) -> Any:
