@@ -7,6 +7,7 @@ auth on), and raft driven through it the way a user would: ``raft submit`` / ``s
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -41,7 +42,11 @@ def job_dir(tmp_path_factory, tiny_bert, toy_data):
     root = tmp_path_factory.mktemp("job")
     shared = tmp_path_factory.mktemp("shared-storage")
     spec = base_spec(
-        tiny_bert, toy_data, shared, train={"epochs": 4}, output={"dir": str(shared / "runs"), "name": "mn"}
+        tiny_bert,
+        toy_data,
+        shared,
+        train={"epochs": 4, "log_every_n_steps": 10},
+        output={"dir": str(shared / "runs"), "name": "mn"},
     )
     (root / "job.yaml").write_text(f"# raft submit job.yaml --address {JOBS}\n" + yaml.safe_dump(spec))
     return root
@@ -79,6 +84,11 @@ def test_job_trains_on_two_nodes_and_checkpoints_to_shared_storage(cluster, job_
     result = submit(job_dir, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "SUCCEEDED" in result.stdout and "workers on 2 node(s)" in result.stdout
+    # The job's live progress, as raft submit streams it: the driver's lines, every 10 steps.
+    assert re.search(r"\[raft\] epoch 4/4 · step 70/76 \(92%\) · loss [\d.]+ · .* · ETA ", result.stdout), (
+        result.stdout[-3000:]
+    )
+    assert "(RayTrainWorker" not in result.stdout
 
     run_dir = Path(yaml.safe_load((job_dir / "job.yaml").read_text())["output"]["dir"]) / "mn"
     summary = json.loads((run_dir / "summary.json").read_text())
