@@ -21,10 +21,11 @@ from typing import Any
 import ray
 
 from raft import progress, storage
+from raft.progress import METRICS_FILE, read_events
 from raft.tracking import Tracker
 
-METRICS_FILE = "metrics.jsonl"
 POLL_SECONDS = 0.5
+WRITE_SECONDS = 30.0
 
 
 @ray.remote(num_cpus=0, max_restarts=0)
@@ -135,7 +136,9 @@ class RunMonitor:
         self.parent_run_id, self.tracking_uri = parent_run_id, tracking_uri
         self.tracker: Tracker | None = None
         self.tracking_failed = False
-        self.events: list[dict[str, Any]] = []
+        # A resumed run (same run name) keeps what its earlier drivers recorded.
+        self.events: list[dict[str, Any]] = read_events(run_dir)
+        self.written_at = time.monotonic()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.board: Any = None
@@ -191,12 +194,17 @@ class RunMonitor:
                     self.tracker.event(event)
                 except Exception as error:
                     self._tracking_error(error)
-        if any(event.get("event") == "epoch" for event in events):
+        # On disk at every evaluation, and every half minute in between (a killed driver
+        # loses at most that much of the step record).
+        if any(e.get("event") == "epoch" for e in events) or (
+            events and time.monotonic() - self.written_at > WRITE_SECONDS
+        ):
             self.write_metrics()
 
     # -- the end -----------------------------------------------------------------------
     def write_metrics(self) -> None:
         """Every event so far, one JSON line each (``raft report`` reads them)."""
+        self.written_at = time.monotonic()
         lines = [json.dumps(e, default=str) for e in self.events if e.get("event") != "message"]
         storage.write_text(storage.join(self.run_dir, METRICS_FILE), "\n".join(lines) + "\n")
 

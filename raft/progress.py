@@ -10,11 +10,24 @@ as in the run's history), ``message`` (text).
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from raft import storage
+
 MLFLOW_PARAM_LIMIT = 6000  # characters MLflow keeps of a param's value
+METRICS_FILE = "metrics.jsonl"  # every event of a run, one JSON line each, in its folder
+
+
+def read_events(run_dir: str) -> list[dict[str, Any]]:
+    """The events recorded in a run's ``metrics.jsonl`` (a resumed run's from every driver
+    that ran it, in order); none for a new run, or one from before the file existed."""
+    location = storage.join(run_dir, METRICS_FILE)
+    if not storage.exists(location):
+        return []
+    return [json.loads(line) for line in storage.read_text(location).splitlines() if line.strip()]
 
 
 def format_duration(seconds: float | None) -> str:

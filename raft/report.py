@@ -17,6 +17,7 @@ import json
 from typing import Any
 
 from raft import storage
+from raft.progress import METRICS_FILE, read_events
 from raft.search import TRIALS_DIR
 
 REPORT_FILE = "report.html"
@@ -31,19 +32,11 @@ def _read_json(location: str) -> Any:
     return json.loads(storage.read_text(location)) if storage.exists(location) else None
 
 
-def read_events(run_dir: str) -> list[dict[str, Any]]:
-    """The run's progress events (``metrics.jsonl``); none for runs from before it existed."""
-    location = storage.join(run_dir, "metrics.jsonl")
-    if not storage.exists(location):
-        return []
-    return [json.loads(line) for line in storage.read_text(location).splitlines() if line.strip()]
-
-
 def kind_of(run_dir: str) -> str:
     if storage.exists(storage.join(run_dir, "leaderboard.json")):
         return "search"
     if storage.exists(storage.join(run_dir, "summary.json")) or storage.exists(
-        storage.join(run_dir, "metrics.jsonl")
+        storage.join(run_dir, METRICS_FILE)
     ):
         return "run"
     raise ReportError(
@@ -77,7 +70,11 @@ def _line(figure: Any, xs: list, ys: list, name: str, markers: bool = False) -> 
 def run_figures(summary: dict[str, Any] | None, events: list[dict[str, Any]]) -> list[Any]:
     """The figures of one run, from its summary (epoch history) and its step events."""
     history = (summary or {}).get("history") or [e for e in events if e.get("event") == "epoch"]
-    steps = [e for e in events if e.get("event") == "step"]
+    # A resumed run retrains the steps after its checkpoint: the latest record of each.
+    steps = sorted(
+        {e["global_step"]: e for e in events if e.get("event") == "step"}.values(),
+        key=lambda e: e["global_step"],
+    )
     figures = []
 
     loss = _figure("Loss", "optimizer step", "loss")

@@ -217,6 +217,11 @@ def test_driver_killed_the_same_command_resumes_past_a_damaged_checkpoint(tiny_b
         output,
     ), output[-3000:]
     assert "(RayTrainWorker" not in output and "(TrainController" not in output, output[-3000:]
+    # metrics.jsonl keeps what the killed driver recorded (its start and the evaluation
+    # before training) and goes on with the rerun's.
+    events = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in events].count("start") == 2
+    assert [e["epoch"] for e in events if e["event"] == "epoch"] == [0, 1]
     logs = re.search(r"\[raft\] Ray's and DeepSpeed's logs: (\S+) \(--verbose shows them here\)", output)
     assert logs and list(Path(logs.group(1)).glob("worker-*.out")), output[-3000:]  # the full logs, on disk
     summary = json.loads((run_dir / "summary.json").read_text())

@@ -87,3 +87,13 @@ def test_a_searchs_report_draws_curves_parallel_coordinates_and_the_leaderboard(
 def test_a_folder_that_is_no_run_is_named(tmp_path):
     with pytest.raises(ReportError, match="is not a finished raft run or search"):
         write_report(str(tmp_path))
+
+
+def test_a_resumed_runs_retrained_steps_are_drawn_once(tmp_path):
+    """After a resume the steps past the checkpoint come again: the report keeps the latest."""
+    events = [
+        {"event": "step", "global_step": s, "loss": loss, "lr": 1.0, "samples_per_second": 1.0}
+        for s, loss in ((5, 0.9), (10, 0.8), (15, 0.7), (10, 0.6), (15, 0.5), (20, 0.4))
+    ]
+    loss = run_figures({"history": []}, events)[0]
+    assert list(loss.data[0].x) == [5, 10, 15, 20] and list(loss.data[0].y) == [0.9, 0.6, 0.5, 0.4]
