@@ -271,11 +271,23 @@ def test_a_frozen_replica_fails_its_health_checks_and_is_replaced(url, expected)
     traffic.check(expected, frozen, back)
 
 
+def _inputs_for(client: httpx.Client, url: str, seconds: float) -> int:
+    """How many inputs one replica answers in about ``seconds``: the same request takes
+    0.5 s here on a quiet day and 4 s on a busy one, so a fixed size cannot promise a
+    request that outlasts the test's set-up, nor one that stays under the timeout."""
+    status, _, sent, done = _post(client, url, {"inputs": ["good day"] * 100})
+    assert status == 200
+    return max(100, int(100 * seconds / (done - sent)))
+
+
 def test_a_full_queue_answers_503_at_once_while_long_requests_run(url):
     clients = [httpx.Client(timeout=TIMEOUT_S + 30) for _ in range(10)]  # made before the clock runs
+    long_inputs = _inputs_for(clients[0], url, seconds=TIMEOUT_S / 4)
     with ThreadPoolExecutor(max_workers=10) as pool:
         # Two long requests, one per replica (each takes one at a time)...
-        longs = [pool.submit(_post, client, url, {"inputs": ["good day"] * 300}) for client in clients[:2]]
+        longs = [
+            pool.submit(_post, client, url, {"inputs": ["good day"] * long_inputs}) for client in clients[:2]
+        ]
         time.sleep(0.5)
         # ...then eight short ones: two may wait in the queue, the rest are refused.
         burst = [pool.submit(_post, client, url, {"inputs": "hi"}) for client in clients[2:]]
@@ -288,7 +300,7 @@ def test_a_full_queue_answers_503_at_once_while_long_requests_run(url):
     first_done = min(done for *_, done in longs)
     burst_sent = min(sent for _, _, sent, _ in burst)
     print(
-        f"\nlong requests {[round(done - sent, 2) for _, _, sent, done in longs]}s; 503s in "
+        f"\nlong requests ({long_inputs} inputs) {[round(done - sent, 2) for _, _, sent, done in longs]}s; 503s in "
         f"{[round(done - sent, 3) for sent, done in refused]}s; queued answered "
         f"{[round(done - first_done, 3) for _, done in queued]}s after the first long one; "
         f"{ {body for status, body, *_ in burst if status == 503} }"
