@@ -44,7 +44,8 @@ class ProgressBoard:
 
 
 def new_board() -> Any:
-    """A board on the driver's node (soft): a lost worker node must not take it along."""
+    """A board on the driver's node: a lost worker node must not take it along. Pinned,
+    not preferred: it needs no CPU, so the driver's node always has room for it."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     try:
@@ -52,7 +53,7 @@ def new_board() -> Any:
     except Exception:  # a Ray Client driver is on no node of the cluster
         return ProgressBoard.remote()
     return ProgressBoard.options(
-        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=True)
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=False)
     ).remote()
 
 
@@ -142,6 +143,7 @@ class RunMonitor:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.board: Any = None
+        self.board_lost = False
         self.finished = False
 
     def __enter__(self) -> RunMonitor:
@@ -183,7 +185,16 @@ class RunMonitor:
     def _drain(self) -> None:
         try:
             events = ray.get(self.board.drain.remote(), timeout=10)
-        except Exception:  # the board is gone (its node was lost): nothing more to show
+        except ray.exceptions.GetTimeoutError:  # a busy cluster (a node being lost): next time
+            return
+        except Exception as error:  # the board is gone: the run goes on, unwatched
+            if not self.board_lost:
+                self.board_lost = True
+                line = f"warning: live progress stopped ({type(error).__name__}); training goes on"
+                if self.console:
+                    self.console.write(line)
+                else:
+                    print(f"[raft] {self.spec.run_name}: {line}", flush=True)
             return
         for event in events:
             self.events.append(event)

@@ -40,6 +40,11 @@ def kill_node(index: int) -> list[int]:
     return pids
 
 
+def raft_lines(output: str) -> str:
+    """The driver's own lines: Ray's dump of the lost raylet's log would fill a tail."""
+    return "\n".join(line for line in output.splitlines() if "[raft]" in line)[-6000:]
+
+
 def train_until_a_checkpoint(
     tiny_bert, toy_data, tmp_path, name: str, scaling: dict
 ) -> tuple[subprocess.Popen, Path, int]:
@@ -82,9 +87,9 @@ def test_an_elastic_run_goes_on_with_the_workers_left_after_a_node_is_lost(
     output, _ = driver.communicate(timeout=600)
     finished_at = time.monotonic()
 
-    assert driver.returncode == 0, output[-4000:]
+    assert driver.returncode == 0, raft_lines(output)
     assert "workers on 2 node(s)" in output
-    assert "saved by 2 workers, resuming with 1" in output, output[-4000:]
+    assert "saved by 2 workers, resuming with 1" in output, raft_lines(output)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert len(summary["worker_nodes"]) == 1
     resumed = summary["resumed_from"]
@@ -127,7 +132,7 @@ def test_a_fixed_size_run_waits_for_capacity_and_resumes_when_a_node_returns(
     output, _ = driver.communicate(timeout=600)
     finished_at = time.monotonic()
 
-    assert driver.returncode == 0, output[-4000:]
+    assert driver.returncode == 0, raft_lines(output)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert len(summary["worker_nodes"]) == 2 and len(set(summary["worker_nodes"])) == 2
     resumed = summary["resumed_from"]
