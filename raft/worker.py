@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import random
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -74,6 +76,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     precision = resolve_precision(spec.train.precision, spec.scaling.use_gpu, _bf16_supported())
     ds_config = build_deepspeed_config(spec, precision, world_size)
 
+    # Both shards' first passes begin now, in the background: Ray Data's start-up then
+    # overlaps the model load instead of delaying the first evaluation and step.
+    train_shard = ray.train.get_dataset_shard("train")
+    validation_shard = ray.train.get_dataset_shard("validation")
+    first_validation = _Prefetched(_shard_pass(validation_shard, task, spec))
+    first_train = _Prefetched(_shard_pass(train_shard, task, spec, training=True))
+
     _init_deepspeed_comm()
     model = _build_model(spec, task, labels, ds_config)
     timeline["model_loaded"] = time.time()
@@ -106,11 +115,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
         trainable=trainable,
         total=total,
     )
-    train_shard = ray.train.get_dataset_shard("train")
-    validation_shard = ray.train.get_dataset_shard("validation")
 
     if not state.history and spec.train.eval_before_training:
-        initial = _evaluate(engine, validation_shard, task, spec, labels, device, samples)
+        initial = _evaluate(engine, validation_shard, task, spec, labels, device, samples, first_validation)
+        first_validation = None
         initial.update(epoch=0, global_step=0)
         state.history.append(initial)
         log(f"before training: {_format(initial)}", show=False)
@@ -119,11 +127,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
 
     loop_start, samples_seen, probe = time.perf_counter(), 0, _FirstStep(timeline, engine)
     while state.epoch < spec.train.epochs and not _done(state, spec):
-        epoch_stats = _train_one_epoch(engine, train_shard, task, spec, state, steps, device, log, probe)
+        epoch_stats = _train_one_epoch(
+            engine, train_shard, task, spec, state, steps, device, log, probe, started=first_train
+        )
+        first_train = None
         samples_seen += epoch_stats["samples"]
         state.epoch += 1
         state.batches_into_epoch = 0
-        metrics = _evaluate(engine, validation_shard, task, spec, labels, device, samples)
+        metrics = _evaluate(engine, validation_shard, task, spec, labels, device, samples, first_validation)
+        first_validation = None
         metrics.update(
             epoch=state.epoch,
             global_step=state.global_step,
@@ -142,6 +154,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
         _report(engine, spec, state, metrics)
 
     elapsed = time.perf_counter() - loop_start
+    for unread in (first_train, first_validation):  # a resumed run with nothing left to do
+        if unread is not None:
+            unread.close()
     if probe.memory is None and "first_step" in timeline:  # one step only: after it
         probe.measure()
     memory = _gather_memory(probe.memory, spec.scaling.use_gpu)  # a collective: every rank
@@ -490,33 +505,106 @@ def _save_hf_model(engine: Any, directory: str, rank: int) -> None:
 
 
 # -- training and evaluation ----------------------------------------------------------
-def _batches(shard: Any, task: Any, spec: Any, device: torch.device, training: bool = False, epoch: int = 0):
+def _shard_pass(shard: Any, task: Any, spec: Any, training: bool = False) -> Any:
+    """One pass over a worker's shard as Ray Data hands it out: collated batches, or (for
+    data.group_by_length) windows of rows that ``_batches`` cuts into batches. Nothing here
+    depends on the epoch, so a pass can be started before the worker knows which epoch
+    it resumes at (``_Prefetched``)."""
     buffer = spec.data.shuffle_buffer if training and spec.data.shuffle == "local" else None
     shuffle = {"local_shuffle_buffer_size": buffer, "local_shuffle_seed": spec.train.seed if buffer else None}
     if training and spec.data.group_by_length:
-        batches = _length_grouped(shard, task, spec, shuffle, epoch)
-    else:
-        batches = shard.iter_torch_batches(
-            batch_size=spec.train.batch_size, collate_fn=task.collate, prefetch_batches=2, **shuffle
+        return shard.iter_batches(
+            batch_size=spec.train.batch_size * spec.data.length_window,
+            batch_format="numpy",
+            prefetch_batches=1,
+            **shuffle,
         )
-    for batch in batches:
-        yield {key: value.to(device, non_blocking=True) for key, value in batch.items()}
+    return shard.iter_torch_batches(
+        batch_size=spec.train.batch_size, collate_fn=task.collate, prefetch_batches=2, **shuffle
+    )
 
 
-def _length_grouped(shard: Any, task: Any, spec: Any, shuffle: dict[str, Any], epoch: int):
+def _batches(
+    shard: Any,
+    task: Any,
+    spec: Any,
+    device: torch.device,
+    training: bool = False,
+    epoch: int = 0,
+    started: _Prefetched | None = None,
+):
+    """The pass's batches on ``device``; ``started`` is this pass already begun."""
+    source = started if started is not None else _shard_pass(shard, task, spec, training)
+    try:
+        if training and spec.data.group_by_length:
+            source = _length_grouped(source, task, spec, epoch)
+        for batch in source:
+            yield {key: value.to(device, non_blocking=True) for key, value in batch.items()}
+    finally:
+        if started is not None:
+            started.close()
+
+
+def _length_grouped(windows: Any, task: Any, spec: Any, epoch: int):
     """data.group_by_length: windows of ``length_window`` batches, each cut into batches of
     rows of similar length (raft.batching), collated here instead of in Ray's thread."""
     size = spec.train.batch_size
     rank = ray.train.get_context().get_world_rank()
     rng = np.random.default_rng([spec.train.seed, epoch, rank])
-    for window in shard.iter_batches(
-        batch_size=size * spec.data.length_window, batch_format="numpy", prefetch_batches=1, **shuffle
-    ):
+    for window in windows:
         lengths = batching.row_lengths(window)
         if lengths is None:  # no token lengths: batches in the order read
             lengths = np.zeros(len(next(iter(window.values()))), dtype=np.int64)
         for rows in batching.length_groups(lengths, size, rng):
             yield task.collate({key: value[rows] for key, value in window.items()})
+
+
+class _Prefetched:
+    """A shard pass begun in a background thread, a few items ahead of its reader.
+
+    The first pass over a Ray Data shard pays the pipeline's start-up: the split
+    coordinator's epoch barrier, read and preprocessing tasks scheduled, the first blocks
+    tokenized. Begun before the model loads, that wait overlaps the model load and
+    DeepSpeed's set-up instead of following them. Errors reach the reader as they were
+    raised; ``close`` stops the thread when the reader leaves early."""
+
+    _END = object()
+
+    def __init__(self, items: Any, depth: int = 2):
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._fill, args=(items,), name="raft-prefetch", daemon=True)
+        self._thread.start()
+
+    def _put(self, entry: tuple[str, Any]) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(entry, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _fill(self, items: Any) -> None:
+        try:
+            for item in items:
+                if not self._put(("item", item)):
+                    return
+            self._put(("end", None))
+        except BaseException as error:  # handed to the reader, raised there
+            self._put(("error", error))
+
+    def __iter__(self):
+        while True:
+            kind, value = self._queue.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+
+    def close(self) -> None:
+        self._stop.set()
 
 
 class _FirstStep:
@@ -612,6 +700,7 @@ def _train_one_epoch(
     device: Any,
     log: Any,
     probe: _FirstStep | None = None,
+    started: _Prefetched | None = None,
 ) -> dict[str, float]:
     engine.train()
     skip = state.batches_into_epoch
@@ -620,7 +709,9 @@ def _train_one_epoch(
     tokens, fed, waited = torch.zeros((), dtype=torch.long, device=device), 0, 0.0
     window_start, window_samples = time.perf_counter(), 0
     epoch_start = fetch_start = time.perf_counter()
-    for index, batch in enumerate(_batches(shard, task, spec, device, training=True, epoch=state.epoch)):
+    for index, batch in enumerate(
+        _batches(shard, task, spec, device, training=True, epoch=state.epoch, started=started)
+    ):
         if index < skip:  # resuming mid-epoch: these batches were trained before the restart
             continue
         waited += time.perf_counter() - fetch_start
@@ -708,9 +799,11 @@ def _evaluate(
     labels: LabelMap | None,
     device: Any,
     samples: list[dict[str, Any]] | None = None,
+    started: _Prefetched | None = None,
 ) -> dict[str, Any]:
     """Validation loss and the family's metrics over every worker's shard (and, for
-    generative families, a few generations from validation prompts)."""
+    generative families, a few generations from validation prompts); ``started`` is the
+    pass over the shard already begun."""
     from raft.tasks.base import EvalContext
 
     engine.eval()
@@ -723,7 +816,7 @@ def _evaluate(
         synced=engine.zero_optimization_stage() == 3 and dist.is_initialized() and dist.get_world_size() > 1,
     )
     loss_sum, rows, stats = 0.0, 0, task.empty_stats(labels)
-    for batch in _batches(shard, task, spec, device):
+    for batch in _batches(shard, task, spec, device, started=started):
         outputs = engine(**task.model_inputs(batch))
         size = _rows(batch)
         loss_sum += float(outputs.loss) * size
