@@ -290,6 +290,12 @@ def section_details(name: str, section: dict[str, Any]) -> list[str]:
             for row in rows[:-1]:
                 row.append(f"{cluster[row[0]]:.1f}" if row[0] in cluster else "—")
             rows[-1].append(f"{section.get('cluster_seconds', 0):.1f}")
+        if section.get("no_eval_stages"):  # the like-for-like run: no evaluation before training
+            bare = section["no_eval_stages"]
+            header.append("eval_before_training: false")
+            for row in rows[:-1]:
+                row.append(f"{bare[row[0]]:.1f}" if row[0] in bare else "—")
+            rows[-1].append(f"{section.get('no_eval_seconds', 0):.1f}")
         lines += ["", markdown_table(header, rows)]
     if name == "throughput" and section.get("repeats"):
         rows = []

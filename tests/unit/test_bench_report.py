@@ -328,7 +328,7 @@ def test_sections_on_made_up_runs(tmp_path, monkeypatch):
     ctx.repeats = 1
 
     def run_raft_spec(ctx, name, spec, label, address=None):
-        grouped = spec["data"]["group_by_length"]
+        grouped = spec["data"].get("group_by_length", False)
         summary = fake_summary(9.0 if grouped else 6.0)
         for epoch in summary["history"][1:]:  # 80 real tokens a row, padded to 84 or to 125
             epoch.update(tokens_per_second=epoch["samples_per_second"] * 80)
@@ -349,7 +349,11 @@ def test_sections_on_made_up_runs(tmp_path, monkeypatch):
     out = sections.first_step(ctx)
     assert out["raft_seconds"] == pytest.approx(35.0) and out["plain_seconds"] == pytest.approx(20.0)
     assert sum(out["raft_stages"].values()) == pytest.approx(35.0)
-    assert out["figures"][1]["met"] is True  # less the evaluation before training
+    assert out["figures"][1]["met"] is True  # a run with no evaluation before training
+    bare = ctx.raft_runs["full-zero0-w2-no-eval"]
+    assert bare["spec"]["train"]["eval_before_training"] is False
+    assert out["no_eval_seconds"] == pytest.approx(35.0) and out["no_eval_stages"]
+    assert "eval_before_training: false" in "\n".join(report.section_details("first_step", out))
     ctx.address = "127.0.0.1:6390"  # and on a running cluster
     out = sections.first_step(ctx)
     assert len(out["figures"]) == 3 and out["cluster_seconds"] == pytest.approx(35.0)
