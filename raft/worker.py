@@ -568,8 +568,6 @@ class _Prefetched:
     DeepSpeed's set-up instead of following them. Errors reach the reader as they were
     raised; ``close`` stops the thread when the reader leaves early."""
 
-    _END = object()
-
     def __init__(self, items: Any, depth: int = 2):
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
