@@ -10,11 +10,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import ray
 
 from raft import perf
+from raft.monitor import RunMonitor, new_board
 from raft.spec import validate
 from raft.train import fit
 from tests.helpers import base_spec, drawn_titles, render_in_chromium
@@ -188,3 +191,24 @@ def assert_performance_figures(summary: dict, deepspeed: dict) -> None:
         # where the estimate says 24); tensors may exceed the peak RSS: DeepSpeed's
         # buckets are reserved on a CPU, not touched.
         assert 0.8 * expected <= states <= min(tensors, 1.2 * expected) and peak > 100, memory
+
+
+def test_the_progress_board_sits_on_the_drivers_node_and_says_once_when_it_is_lost(
+    tiny_bert, toy_data, tmp_path, capsys
+):
+    spec = validate(
+        base_spec(tiny_bert, toy_data, tmp_path, tracking={"mlflow": False, "tensorboard": False})
+    )
+    monitor = RunMonitor(spec, str(tmp_path / "run"))
+    monitor.board = new_board()
+    monitor.board.push.remote({"time": time.time(), "event": "message", "text": "from rank 0"})
+    monitor._drain()
+    placed = ray.util.state.get_actor(monitor.board._actor_id.hex())
+    assert placed.node_id == ray.get_runtime_context().get_node_id()
+    ray.kill(monitor.board)  # as when its node is lost
+    monitor._drain()
+    monitor._drain()
+    out = capsys.readouterr().out
+    assert "[raft] from rank 0" in out
+    assert out.count("warning: live progress stopped (") == 1, out
+    assert "training goes on" in out
