@@ -236,9 +236,22 @@ def _build_model(spec: Any, task: Any, labels: LabelMap | None, ds_config: dict)
 
         hf_ds_config = HfDeepSpeedConfig(ds_config)  # noqa: F841
     model = task.load_pretrained(spec, labels)
+    _upcast_for_fp32(model, ds_config)
     model = registry.apply_technique(model, spec.technique, task)
     model._raft_hf_ds_config = hf_ds_config  # keep the weak global reference alive
     return model
+
+
+def _upcast_for_fp32(model: torch.nn.Module, ds_config: dict) -> None:
+    """``from_pretrained`` keeps a checkpoint's own dtype, and most LLMs ship in bf16 or
+    fp16. DeepSpeed casts the module for bf16/fp16 training (keeping fp32 master weights),
+    but an fp32 run would otherwise train 16-bit weights in place, with no fp32 copy: AdamW
+    updates below bf16's resolution are lost, and 16-bit matmuls are slow on most CPUs.
+    (ZeRO-3 loads straight into fp32 partitions, whose dtype this leaves alone.)"""
+    if ds_config["bf16"]["enabled"] or ds_config["fp16"]["enabled"]:
+        return
+    if any(p.dtype in (torch.bfloat16, torch.float16) for p in model.parameters()):
+        model.float()
 
 
 def _count_parameters(model: torch.nn.Module) -> tuple[int, int]:
