@@ -7,7 +7,10 @@ hub access). The task is causal_lm on packed text (512-token blocks); raft train
 LoRA (r 8 on q/k/v/o) and in full, each a separate ``raft train`` with a fresh local
 cluster, 2 short epochs. Figures: tokens/s, MFU against a bf16 matmul peak measured on
 the same GPU in the same run, peak device memory next to raft.perf's estimate, data wait
-and time to the first step. ``--dry-run`` builds the model, data and specs (on CPU too)
+and time to the first step, then the same figures for plain torch and plain DeepSpeed
+loops on the same model and batches (benchmarks/gpu_baseline.py) beside them. MLflow
+tracking is off here (its cost is a CPU figure).
+``--dry-run`` builds the model, data and specs (on CPU too)
 and checks them as ``raft train`` would, then stops before training.
 """
 
@@ -15,6 +18,8 @@ from __future__ import annotations
 
 import json
 import random
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +27,7 @@ from typing import Any
 from benchmarks import common
 from benchmarks.common import Context
 from benchmarks.report import figure, target
-from benchmarks.sections import DATA_STALL_TARGET, MiB
+from benchmarks.sections import DATA_STALL_TARGET, THROUGHPUT_TARGET, MiB
 
 # Qwen2-0.5B's shape; random weights.
 MODEL_SHAPE = {
@@ -157,6 +162,9 @@ def prepare(ctx: Context, sizes: GpuSizes) -> dict[str, Any]:
             },
             "scaling": {"num_workers": 1, "use_gpu": True, "cpus_per_worker": sizes.cpus_per_worker},
             "deepspeed": {"zero_stage": ZERO_STAGE},
+            # The section measures training; tracking's own cost is measured on CPU, and
+            # MLflow would copy the ~1 GB full model into its artifact store.
+            "tracking": {"mlflow": False},
             "output": {"dir": str(ctx.root / "raft"), "name": name},
         }
     prepared = {"model_dir": model_dir, "data": data, "specs": specs, "task": task_doc}
@@ -202,11 +210,16 @@ def gpu(ctx: Context, sizes: GpuSizes) -> dict[str, Any]:
     prepared = prepare(ctx, sizes)
     measured_peak = common.peak(ctx, "cuda", processes=1, dtype="bf16")
     peak_flops = measured_peak["peak_flops"]
-    figures, runs = [], []
+    figures, runs, errors = [], [], {}
     for technique, spec_doc in prepared["specs"].items():
-        run = common.run_raft_spec(
-            ctx, spec_doc["output"]["name"], spec_doc, f"raft {technique}, 1 GPU, bf16, ZeRO {ZERO_STAGE}"
-        )
+        try:  # one technique's failure does not lose the other's figures
+            run = common.run_raft_spec(
+                ctx, spec_doc["output"]["name"], spec_doc, f"raft {technique}, 1 GPU, bf16, ZeRO {ZERO_STAGE}"
+            )
+        except common.BenchError as error:
+            print(f"  {technique} FAILED: {error}", flush=True)
+            errors[technique] = str(error)
+            continue
         print("  " + common.describe_run(run), flush=True)
         epoch = common.steady_epoch(run)
         facts = plan[technique]["model"]
@@ -221,7 +234,7 @@ def gpu(ctx: Context, sizes: GpuSizes) -> dict[str, Any]:
             "estimate_mb": estimate_mb,
             "first_step_seconds": stamps["first_step"] - run["t0"],
         }
-        runs.append(row)
+        runs.append(row | {"technique": technique})
         figures += [
             figure("gpu", f"tokens/s, {technique}", epoch["tokens_per_second"], unit="tokens/s"),
             figure("gpu", f"MFU, {technique} (bf16 matmul peak)", row["mfu"], unit="%"),
@@ -242,9 +255,19 @@ def gpu(ctx: Context, sizes: GpuSizes) -> dict[str, Any]:
             ),
             figure("gpu", f"seconds to the first step, {technique}", row["first_step_seconds"], unit="s"),
         ]
+    if errors and not runs:
+        raise common.BenchError("; ".join(f"{t}: {e}" for t, e in errors.items()))
+    try:
+        baseline = plain_loops(ctx, sizes)
+        figures += baseline_figures(runs, baseline["rows"])
+    except common.BenchError as error:  # raft's own figures stand without it
+        print(f"  plain loops FAILED: {error}", flush=True)
+        baseline = {"error": str(error)}
     return {
         "figures": figures,
         "runs": runs,
+        "errors": errors,
+        "baseline": baseline,
         "peak": measured_peak,
         "peak_flops": peak_flops,
         "plan": plan,
@@ -254,3 +277,68 @@ def gpu(ctx: Context, sizes: GpuSizes) -> dict[str, Any]:
             "measured in this run."
         ],
     }
+
+
+def plain_loops(ctx: Context, sizes: GpuSizes) -> dict[str, Any]:
+    """benchmarks/gpu_baseline.py in a subprocess (the GPU to itself, no Ray): the plain
+    torch and plain DeepSpeed loops on the same model and batch shape."""
+    result = ctx.root / "gpu_baseline.json"
+    log = ctx.root / "logs" / "gpu_baseline.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    command = [
+        sys.executable,
+        str(common.ROOT / "benchmarks" / "gpu_baseline.py"),
+        "--batch-size",
+        str(sizes.batch_size),
+        "--seq-len",
+        str(sizes.seq_len),
+        "--result",
+        str(result),
+    ]
+    print(f"  running the plain loops: {' '.join(command[1:])} (log: {log})", flush=True)
+    with open(log, "w") as out:
+        code = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, cwd=common.ROOT).returncode
+    if code != 0 or not result.is_file():
+        raise common.BenchError(f"the plain loops failed (exit {code}); log {log}:\n{common.tail(log)}")
+    return json.loads(result.read_text()) | {"log": common.display_path(log)}
+
+
+def baseline_figures(runs: list[dict[str, Any]], plain: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """raft's steady-epoch tokens/s and device peak beside the plain loops' for the same
+    technique: against plain DeepSpeed (what raft adds to DeepSpeed, target as on CPU)
+    and against plain torch (what DeepSpeed itself costs on one GPU)."""
+    by = {(row["mode"], row["technique"]): row for row in plain}
+    figures = []
+    for run in runs:
+        technique = run["technique"]
+        for mode, label, goal in (
+            ("deepspeed", "plain DeepSpeed loop", target("ratio", ">=", THROUGHPUT_TARGET)),
+            ("torch", "plain torch loop", None),
+        ):
+            row = by.get((mode, technique))
+            if row is None:
+                continue
+            figures.append(
+                figure(
+                    "gpu",
+                    f"tokens/s against the {label}, {technique}",
+                    run["tokens_per_second"],
+                    row["tokens_per_second"],
+                    unit="tokens/s",
+                    baseline_label=label,
+                    goal=goal,
+                )
+            )
+        row = by.get(("deepspeed", technique))
+        if row is not None and run.get("device_peak_mb") is not None:
+            figures.append(
+                figure(
+                    "gpu",
+                    f"peak device memory against the plain DeepSpeed loop, {technique}",
+                    run["device_peak_mb"],
+                    row["device_peak_mb"],
+                    unit="MiB",
+                    baseline_label="plain DeepSpeed loop",
+                )
+            )
+    return figures

@@ -371,3 +371,30 @@ def test_sections_on_made_up_runs(tmp_path, monkeypatch):
     assert out["figures"][1]["raft"] == pytest.approx(14.0 / 16.0)
     out = sections.data_stall(ctx)
     assert out["figures"] and all(f["met"] for f in out["figures"])
+
+
+def test_gpu_figures_put_raft_beside_the_plain_loops_of_the_same_technique():
+    from benchmarks import gpu
+
+    runs = [
+        {"technique": "lora", "tokens_per_second": 15_000.0, "device_peak_mb": 13_000.0},
+        {"technique": "full", "tokens_per_second": 20_000.0, "device_peak_mb": None},
+    ]
+    plain = [
+        {"mode": "torch", "technique": "lora", "tokens_per_second": 30_000.0, "device_peak_mb": 14_000.0},
+        {"mode": "deepspeed", "technique": "lora", "tokens_per_second": 25_000.0, "device_peak_mb": 12_000.0},
+        {"mode": "deepspeed", "technique": "full", "tokens_per_second": 20_000.0, "device_peak_mb": 20_000.0},
+    ]
+    figures = {fig["name"]: fig for fig in gpu.baseline_figures(runs, plain)}
+    lora = figures["tokens/s against the plain DeepSpeed loop, lora"]
+    assert lora["ratio"] == pytest.approx(0.6) and check_target(lora) is False
+    assert figures["tokens/s against the plain torch loop, lora"]["ratio"] == pytest.approx(0.5)
+    assert check_target(figures["tokens/s against the plain torch loop, lora"]) is None  # no target
+    assert check_target(figures["tokens/s against the plain DeepSpeed loop, full"]) is True
+    assert figures["peak device memory against the plain DeepSpeed loop, lora"]["ratio"] == pytest.approx(
+        13 / 12
+    )
+    # No plain torch row for full, and no device peak for its raft run: no figure made up.
+    assert "tokens/s against the plain torch loop, full" not in figures
+    assert "peak device memory against the plain DeepSpeed loop, full" not in figures
+    assert len(figures) == 4
