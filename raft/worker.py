@@ -532,8 +532,15 @@ def _shard_pass(shard: Any, task: Any, spec: Any, training: bool = False) -> Any
             prefetch_batches=1,
             **shuffle,
         )
+    # On a GPU, Ray copies each batch to the device in its own thread. From pageable memory
+    # that copy first waits for the GPU to finish all queued work, so the training thread
+    # can no longer run ahead of the GPU; from pinned memory it is asynchronous.
     return shard.iter_torch_batches(
-        batch_size=spec.train.batch_size, collate_fn=task.collate, prefetch_batches=2, **shuffle
+        batch_size=spec.train.batch_size,
+        collate_fn=task.collate,
+        prefetch_batches=2,
+        pin_memory=spec.scaling.use_gpu,
+        **shuffle,
     )
 
 
@@ -569,7 +576,9 @@ def _length_grouped(windows: Any, task: Any, spec: Any, epoch: int):
         if lengths is None:  # no token lengths: batches in the order read
             lengths = np.zeros(len(next(iter(window.values()))), dtype=np.int64)
         for rows in batching.length_groups(lengths, size, rng):
-            yield task.collate({key: value[rows] for key, value in window.items()})
+            batch = task.collate({key: value[rows] for key, value in window.items()})
+            # Pinned, so that _batches' copy to the GPU does not wait for the GPU to drain.
+            yield {k: v.pin_memory() for k, v in batch.items()} if spec.scaling.use_gpu else batch
 
 
 class _Prefetched:
