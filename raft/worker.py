@@ -127,6 +127,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
 
     loop_start, samples_seen, probe = time.perf_counter(), 0, _FirstStep(timeline, engine)
     while state.epoch < spec.train.epochs and not _done(state, spec):
+        if first_validation is None:  # this epoch's evaluation pass starts while it trains
+            first_validation = _Prefetched(_shard_pass(validation_shard, task, spec))
         epoch_stats = _train_one_epoch(
             engine, train_shard, task, spec, state, steps, device, log, probe, started=first_train
         )
@@ -134,6 +136,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
         samples_seen += epoch_stats["samples"]
         state.epoch += 1
         state.batches_into_epoch = 0
+        if state.epoch < spec.train.epochs and not _done(state, spec):
+            # The next epoch's pass begins now, in the background: Ray Data's start-up for
+            # it (the split coordinator's epoch barrier, the first blocks read and
+            # tokenized) overlaps this evaluation and checkpoint, not the next first steps.
+            first_train = _Prefetched(_shard_pass(train_shard, task, spec, training=True))
         metrics = _evaluate(engine, validation_shard, task, spec, labels, device, samples, first_validation)
         first_validation = None
         metrics.update(
