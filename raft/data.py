@@ -16,7 +16,7 @@ import numpy as np
 import ray
 import ray.data
 
-from raft import registry, sources
+from raft import registry, resources, sources
 from raft.labels import LabelMap, infer_label_map
 from raft.sources import DataError, Source
 
@@ -34,6 +34,7 @@ class PreparedData:
     # {"data.train": {"bad_json": 2, "too_long": 1}}; only roles that dropped rows appear
     skipped: dict[str, dict[str, int]] = field(default_factory=dict)
     samples: list[dict[str, Any]] = field(default_factory=list)  # validation rows for generations
+    materialized: str | None = None  # why the tokenized rows are kept (data.materialize), if they are
 
 
 def read(source: Source, split: str | None = None, with_paths: bool = True) -> ray.data.Dataset:
@@ -182,13 +183,6 @@ def prepare(spec: Any) -> PreparedData:
         )
         for dataset in (train, validation)
     )
-    if task.augments(spec.task):  # training batches only, drawn afresh as each epoch streams
-        train = train.map_batches(
-            _augment,
-            fn_kwargs={"task_name": task.name, "task_spec": spec.task},
-            batch_format="numpy",
-            num_cpus=spec.data.cpus_per_task,
-        )
     if task.changes_row_count(spec.task):  # packing: count the examples, not the rows
         train_rows, validation_rows = train.count(), validation.count()
         for role, count in (("data.train", train_rows), ("data.validation", validation_rows)):
@@ -197,7 +191,26 @@ def prepare(spec: Any) -> PreparedData:
                     f"{role}: packing makes no block of task.max_length={spec.task.max_length} tokens; "
                     "lower max_length or add text"
                 )
-    return PreparedData(train, validation, labels, train_rows, validation_rows, skipped, samples)
+    materialize, why = resources.should_materialize(
+        spec.data.materialize,
+        epochs=spec.train.epochs,
+        elastic=spec.scaling.elastic,
+        rows=train_rows + validation_rows,
+        row_bytes=resources.token_row_bytes(spec.task),
+        object_store_bytes=ray.cluster_resources().get("object_store_memory", 0.0),
+    )
+    if materialize:  # tokenized once, here; every epoch then reads the blocks
+        train, validation = train.materialize(), validation.materialize()
+    if task.augments(spec.task):  # training batches only, drawn afresh as each epoch streams
+        train = train.map_batches(
+            _augment,
+            fn_kwargs={"task_name": task.name, "task_spec": spec.task},
+            batch_format="numpy",
+            num_cpus=spec.data.cpus_per_task,
+        )
+    return PreparedData(
+        train, validation, labels, train_rows, validation_rows, skipped, samples, why if materialize else None
+    )
 
 
 # -- the row check: one pass per source, before training -----------------------------------

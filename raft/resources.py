@@ -91,3 +91,54 @@ def resource_problems(spec: Any, available: dict[str, float], concurrent_runs: i
                 f"{workers_text(spec)} needs {needed}"
             )
     return problems
+
+
+# The share of the cluster's object store that data.materialize: auto may fill.
+MATERIALIZE_SHARE = 0.25
+# Token-id columns a text family's preprocessed row holds at most (ids, mask, labels, and
+# token type ids or a second mask), 8 bytes each.
+TOKEN_COLUMNS, TOKEN_BYTES = 4, 8
+
+
+def token_row_bytes(task_spec: Any) -> int | None:
+    """An upper bound on one preprocessed row of a text family (token ids padded or packed
+    to its longest length); None for families whose rows are pixels or audio features."""
+    lengths = [
+        getattr(task_spec, name, None)
+        for name in ("max_length", "max_source_length", "max_target_length")
+        if isinstance(getattr(task_spec, name, None), int)
+    ]
+    if not lengths or task_spec.type not in TEXT_FAMILIES:
+        return None
+    return TOKEN_COLUMNS * TOKEN_BYTES * max(lengths)
+
+
+TEXT_FAMILIES = ("sequence_classification", "token_classification", "causal_lm", "seq2seq")
+
+
+def should_materialize(
+    setting: str | bool,
+    *,
+    epochs: int,
+    elastic: bool,
+    rows: int,
+    row_bytes: int | None,
+    object_store_bytes: float,
+) -> tuple[bool, str]:
+    """(materialize?, why) for data.materialize. ``rows``: preprocessed rows (after
+    packing), ``row_bytes``: raft.resources.token_row_bytes."""
+    if setting is True:
+        return True, "data.materialize: true"
+    if setting is False:
+        return False, "data.materialize: false"
+    if epochs < 2:
+        return False, "one epoch: every row is tokenized once anyway"
+    if elastic:
+        return False, "an elastic run: a lost node would take its cached blocks along"
+    if row_bytes is None:
+        return False, "not a text family: its rows (pixels, audio features) are large"
+    needed = rows * row_bytes
+    budget = MATERIALIZE_SHARE * object_store_bytes
+    if needed > budget:
+        return False, f"up to {needed / 2**20:,.0f} MiB tokenized, over {budget / 2**20:,.0f} MiB"
+    return True, f"at most {needed / 2**20:,.1f} MiB tokenized, kept for {epochs} epochs"

@@ -113,6 +113,15 @@ class DataSection(SectionModel):
         ge=2,
         description="Batches per window that group_by_length sorts (more: less padding, less randomness).",
     )
+    materialize: Literal["auto"] | bool = Field(
+        "auto",
+        description="Tokenize once and keep the result in Ray's object store for every epoch, "
+        "instead of reading and tokenizing the data again as each epoch streams. auto: for the "
+        "text families, when the run trains more than one epoch, is not elastic (a lost node "
+        "would take its blocks along), and the tokenized rows (bounded by rows × max length) "
+        "fit in a quarter of the object store. true: always (tokenizing then happens before "
+        "the workers start); false: always stream.",
+    )
     on_bad_rows: Literal["error", "skip"] = Field(
         "error",
         description="A row the task cannot use: error stops before training, naming its file, line "

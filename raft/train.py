@@ -239,8 +239,10 @@ def prepare_data(spec: Any) -> data.PreparedData:
 
 def describe(spec: Any, prepared: data.PreparedData) -> str:
     unit = "examples" if registry.get_task(spec.task.type).changes_row_count(spec.task) else "rows"
-    return f"{prepared.train_rows} training {unit}, {prepared.validation_rows} validation {unit}" + (
-        f", {prepared.labels.num_labels} classes" if prepared.labels else ""
+    return (
+        f"{prepared.train_rows} training {unit}, {prepared.validation_rows} validation {unit}"
+        + (f", {prepared.labels.num_labels} classes" if prepared.labels else "")
+        + (f"; tokenized once ({prepared.materialized})" if prepared.materialized else "")
     )
 
 

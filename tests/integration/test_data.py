@@ -308,3 +308,26 @@ def test_wrong_label_and_text_types_in_jsonl_and_csv_are_rows_not_crashes(tiny_b
     csv_path.write_text("text,label\n" + "good film,1\nbad film,0\n" * 30 + "fine film,\n")
     with pytest.raises(DataError, match=r"labels.csv, row 61: column 'label' is empty \[missing_column\]"):
         prepare(spec_for(tiny_bert, tmp_path, {"train": str(csv_path), "validation": str(csv_path)}))
+
+
+def test_a_multi_epoch_text_run_tokenizes_once_and_keeps_the_same_rows(tiny_bert, tmp_path):
+    """data.materialize: auto keeps the tokenized rows in the object store for every epoch
+    (the bound here is a few KiB); false streams and tokenizes again each epoch. Both give
+    the same rows."""
+    from ray.data.dataset import MaterializedDataset
+
+    train = write_jsonl(toy_sentiment_rows(64, seed=3), tmp_path / "train.jsonl")
+    val = write_jsonl(toy_sentiment_rows(16, seed=4), tmp_path / "val.jsonl")
+    data = {"train": str(train), "validation": str(val)}
+    kept = prepare(spec_for(tiny_bert, tmp_path, data))
+    assert kept.materialized and "kept for 3 epochs" in kept.materialized
+    assert isinstance(kept.train, MaterializedDataset)
+    streamed = prepare(spec_for(tiny_bert, tmp_path, data | {"materialize": False}))
+    assert streamed.materialized is None
+    assert not isinstance(streamed.train, MaterializedDataset)
+
+    def rows(dataset):
+        return sorted(tuple(row["input_ids"].tolist()) + (int(row["labels"]),) for row in features(dataset))
+
+    assert rows(kept.validation) == rows(streamed.validation)
+    assert rows(kept.train) == rows(streamed.train)
