@@ -65,15 +65,24 @@ def build_model(directory: Path) -> Path:
     """Save the random-weight decoder (bf16 safetensors, ~1 GB) and its tokenizer, once."""
     if (directory / "config.json").is_file() and any(directory.glob("*.safetensors")):
         return directory
-    import torch
-    import transformers
-
     from raft.testing import make_byte_tokenizer, word_corpus
 
     words = sorted({w.strip(".,!?") for text in _sentences() for w in text.split() if w.strip(".,!?")})
-    tokenizer = make_byte_tokenizer(word_corpus(words), vocab_size=2000)
+    total = save_random_decoder(
+        directory, MODEL_SHAPE, make_byte_tokenizer(word_corpus(words), vocab_size=2000)
+    )
+    print(f"  built a {total / 1e6:.0f}M-parameter Qwen2-shaped decoder in {directory}", flush=True)
+    return directory
+
+
+def save_random_decoder(directory: Path, shape: dict[str, Any], tokenizer: Any) -> int:
+    """A Qwen2 of ``shape`` with random weights, saved in bf16 (as most decoders ship) with
+    ``tokenizer``; returns its parameter count."""
+    import torch
+    import transformers
+
     config = transformers.Qwen2Config(
-        **MODEL_SHAPE,
+        **shape,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
@@ -83,9 +92,7 @@ def build_model(directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(directory, safe_serialization=True)
     tokenizer.save_pretrained(directory)
-    total = sum(p.numel() for p in model.parameters())
-    print(f"  built a {total / 1e6:.0f}M-parameter Qwen2-shaped decoder in {directory}", flush=True)
-    return directory
+    return sum(p.numel() for p in model.parameters())
 
 
 def _sentences() -> list[str]:

@@ -26,29 +26,16 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.gpu import LORA  # noqa: E402
+from benchmarks.gpu import LORA, save_random_decoder  # noqa: E402
 from benchmarks.gpu_baseline import TINY_SHAPE  # noqa: E402
 
 SEQ_LEN, BATCH = 64, 8
 
 
 def build(root: Path, rows: int) -> tuple[Path, Path]:
-    import torch
-    import transformers
-
     from raft.testing import make_byte_tokenizer, toy_text_rows, write_jsonl
 
-    tokenizer = make_byte_tokenizer(None)
-    config = transformers.Qwen2Config(
-        **TINY_SHAPE,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(0)
-    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
-    model.save_pretrained(root / "model", safe_serialization=True)
-    tokenizer.save_pretrained(root / "model")
+    save_random_decoder(root / "model", TINY_SHAPE, make_byte_tokenizer(None))
     return root / "model", write_jsonl(toy_text_rows(rows), root / "train.jsonl")
 
 
