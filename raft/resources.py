@@ -98,6 +98,8 @@ MATERIALIZE_SHARE = 0.25
 # Token-id columns a text family's preprocessed row holds at most (ids, mask, labels, and
 # token type ids or a second mask), 8 bytes each.
 TOKEN_COLUMNS, TOKEN_BYTES = 4, 8
+# Families whose preprocessed rows are token ids (the others hold pixels or audio features).
+TEXT_FAMILIES = ("sequence_classification", "token_classification", "causal_lm", "seq2seq")
 
 
 def token_row_bytes(task_spec: Any) -> int | None:
@@ -111,9 +113,6 @@ def token_row_bytes(task_spec: Any) -> int | None:
     if not lengths or task_spec.type not in TEXT_FAMILIES:
         return None
     return TOKEN_COLUMNS * TOKEN_BYTES * max(lengths)
-
-
-TEXT_FAMILIES = ("sequence_classification", "token_classification", "causal_lm", "seq2seq")
 
 
 def should_materialize(
