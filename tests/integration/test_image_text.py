@@ -54,7 +54,7 @@ def test_clip_learns_captions_and_zero_shot_classes(tmp_path):
             },
             "technique": {"type": "full"},
             "data": {"train": str(train), "validation": str(validation)},
-            "train": {"epochs": 4, "batch_size": 16, "lr": 3e-3, "lr_scheduler": "constant"},
+            "train": {"epochs": 4, "batch_size": 16, "lr": 1e-3, "lr_scheduler": "linear"},
             "scaling": {"num_workers": 2},
             "deepspeed": {"zero_stage": 2},
             "output": {"dir": str(tmp_path / "runs")},
@@ -64,7 +64,9 @@ def test_clip_learns_captions_and_zero_shot_classes(tmp_path):
     first, last = outcome.history[0], outcome.history[-1]
     assert last["val_rows"] == 40
     # 8 classes (4 colours × 2 stripe directions): chance is 1/8. The colour alone, which a
-    # tiny CLIP picks up in the first epoch, gives 1/2 (two runs: 0.025 → 0.575 and 0.5).
+    # tiny CLIP picks up in the first epoch, gives 1/2. At a constant 3e-3 the last epoch
+    # swung between 0.35 (a CI failure) and 0.6; at 1e-3 decaying linearly, five runs ended
+    # at 0.625–0.85 (recall@5 at 0.59–0.69, from 0.09).
     zero_shot = [h["val_zero_shot_accuracy"] for h in outcome.history]
     assert zero_shot[0] < 0.3 and zero_shot[-1] > 0.35 and zero_shot[-1] > zero_shot[0] + 0.2, zero_shot
     assert last["val_recall_at_5"] > first["val_recall_at_5"] + 0.1, outcome.history
