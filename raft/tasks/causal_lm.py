@@ -184,7 +184,9 @@ class CausalLm(Task):
         return pad_examples(examples, spec.max_length, pad)
 
     def collate(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-        return trim_padding({key: torch.from_numpy(np.array(value)) for key, value in batch.items()})
+        return drop_full_mask(
+            trim_padding({key: torch.from_numpy(np.array(value)) for key, value in batch.items()})
+        )
 
     # -- model ----------------------------------------------------------------------
     def build_model(
@@ -351,6 +353,17 @@ def pack_blocks(documents: list[list[int]], block: int) -> dict[str, np.ndarray]
     count = len(stream) // block
     ids = stream[: count * block].reshape(count, block)
     return {"input_ids": ids, "attention_mask": np.ones_like(ids), "labels": ids.copy()}
+
+
+def drop_full_mask(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Leave out an attention mask with no padding in it (packed blocks, a batch of rows of
+    one length): a decoder given none attends causally to every token, the same as with an
+    all-ones mask, but transformers checks a given mask for padding on every forward pass
+    (``mask.all()``), which on a GPU waits for the device to drain. Checked here, on the host."""
+    mask = batch.get("attention_mask")
+    if mask is None or not bool(mask.all()):
+        return batch
+    return {key: value for key, value in batch.items() if key != "attention_mask"}
 
 
 def prompt_completion_example(

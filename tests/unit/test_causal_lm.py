@@ -52,6 +52,27 @@ def test_packing_fills_every_block_and_drops_only_the_tail():
     assert (packed["labels"] == packed["input_ids"]).all()
 
 
+def test_packed_batches_leave_out_the_all_ones_mask_and_give_the_same_loss(model_dir):
+    """A full mask is dropped on the host (transformers would check it on the device every
+    forward pass); the model's loss is the same without it. A padded batch keeps its mask."""
+    from transformers import AutoModelForCausalLM
+
+    spec = CausalLmSpec(format="text", max_length=16)
+    batch = {"text": np.array(["good movie " * 9, "bad film " * 11], dtype=object)}
+    packed = TASK.collate(TASK.preprocess(batch, spec, model_dir, None))
+    assert set(packed) == {"input_ids", "labels"}
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    with torch.no_grad():
+        without = model(**packed).loss
+        with_mask = model(**packed, attention_mask=torch.ones_like(packed["input_ids"])).loss
+    assert float(without) == pytest.approx(float(with_mask), rel=1e-6)
+
+    padded = TASK.collate(
+        TASK.preprocess(batch, CausalLmSpec(format="text", pack=False, max_length=64), model_dir, None)
+    )
+    assert "attention_mask" in padded and not bool(padded["attention_mask"].all())
+
+
 def test_text_format_packs_documents_ended_with_eos(model_dir, tokenizer):
     spec = CausalLmSpec(format="text", max_length=8)
     batch = {"text": np.array(["good movie " * 5, "bad film " * 7], dtype=object)}
