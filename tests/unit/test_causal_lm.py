@@ -67,6 +67,23 @@ def test_packed_batches_leave_out_the_all_ones_mask_and_give_the_same_loss(model
         with_mask = model(**packed, attention_mask=torch.ones_like(packed["input_ids"])).loss
     assert float(without) == pytest.approx(float(with_mask), rel=1e-6)
 
+    # What the mask cost: transformers reads a given mask back (a device sync on a GPU)
+    # on every forward pass; a packed batch's training step now reads nothing.
+    reads = []
+    real_bool = torch.Tensor.__bool__
+
+    def counted(tensor):
+        reads.append(tuple(tensor.shape))
+        return real_bool(tensor)
+
+    model.train()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.Tensor, "__bool__", counted)
+        model(**packed).loss.backward()
+        assert reads == []
+        model(**packed, attention_mask=torch.ones_like(packed["input_ids"])).loss.backward()
+        assert reads  # the check this change avoids
+
     padded = TASK.collate(
         TASK.preprocess(batch, CausalLmSpec(format="text", pack=False, max_length=64), model_dir, None)
     )
