@@ -1,7 +1,7 @@
 """Who uses the CPU while raft trains: every process's CPU time over a window of a run,
 grouped into Train workers, Ray Data, Ray's control plane and the rest.
 
-    python benchmarks/cpu_share.py SPEC.yaml [--after 90] [--seconds 20]
+    python benchmarks/cpu_share.py SPEC.yaml [--after 90] [--seconds 20] [--top 6]
 
 Starts ``raft train SPEC.yaml``, waits ``--after`` seconds (pick a time inside the steady
 epoch: the run's log, printed at the end, says when epochs ran), samples the CPU time of
@@ -82,7 +82,7 @@ def share(before: dict, after: dict, seconds: float) -> dict[str, dict]:
             continue
         group = groups.setdefault(group_of(command), {"cores": 0.0, "processes": []})
         group["cores"] += delta / seconds
-        group["processes"].append((delta / seconds, pid, command[:80]))
+        group["processes"].append((delta / seconds, pid, command[:120]))
     for group in groups.values():
         group["processes"].sort(reverse=True)
     return groups
@@ -95,6 +95,7 @@ def main() -> int:
     parser.add_argument("spec", type=Path)
     parser.add_argument("--after", type=float, default=90.0, help="seconds from the start to the window")
     parser.add_argument("--seconds", type=float, default=20.0, help="the window's length")
+    parser.add_argument("--top", type=int, default=6, help="processes listed per group")
     args = parser.parse_args()
     raft = [str(Path(sys.executable).parent / "raft"), "train", str(args.spec)]
     log_path = Path("/tmp") / f"cpu_share-{int(time.time())}.log"
@@ -115,7 +116,7 @@ def main() -> int:
     )
     for name, group in sorted(groups.items(), key=lambda item: -item[1]["cores"]):
         print(f"{name:18s} {group['cores']:5.2f} cores")
-        for cores, pid, command in group["processes"][:6]:
+        for cores, pid, command in group["processes"][: args.top]:
             print(f"    {cores:5.3f}  {pid:>7}  {command}")
     epochs = [line.strip() for line in log_path.read_text().splitlines() if "[raft] epoch" in line]
     print(f"run exit {code}; log {log_path}")

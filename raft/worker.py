@@ -80,7 +80,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     # overlaps the model load instead of delaying the first evaluation and step.
     train_shard = ray.train.get_dataset_shard("train")
     validation_shard = ray.train.get_dataset_shard("validation")
-    first_validation = _Prefetched(_shard_pass(validation_shard, task, spec))
+    first_validation = (
+        _Prefetched(_shard_pass(validation_shard, task, spec))
+        if spec.train.eval_before_training
+        else None  # then it begins after the first step (below)
+    )
     first_train = _Prefetched(_shard_pass(train_shard, task, spec, training=True))
 
     _init_deepspeed_comm()
@@ -127,8 +131,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
 
     loop_start, samples_seen, probe = time.perf_counter(), 0, _FirstStep(timeline, engine)
     while state.epoch < spec.train.epochs and not _done(state, spec):
-        if first_validation is None:  # this epoch's evaluation pass starts while it trains
-            first_validation = _Prefetched(_shard_pass(validation_shard, task, spec))
+        if first_validation is None:  # this epoch's evaluation pass starts while it trains,
+            # from the run's first step on: begun beside the model load or the first step,
+            # its start-up (a split coordinator, read and tokenize tasks) slowed them.
+            first_validation = _Prefetched(_shard_pass(validation_shard, task, spec), start=False)
+            probe.then(first_validation.start)
         epoch_stats = _train_one_epoch(
             engine, train_shard, task, spec, state, steps, device, log, probe, started=first_train
         )
@@ -203,13 +210,32 @@ def _init_deepspeed_comm() -> None:
     the backend there is none and the op is neither built nor loaded."""
     import importlib
 
-    import deepspeed
+    deepspeed = _import_deepspeed()
 
     # By module path: the attribute deepspeed.comm.torch is the torch library itself.
     torch_backend = importlib.import_module("deepspeed.comm.torch")
     if hasattr(torch_backend, "build_shm_op"):
         torch_backend.build_shm_op = lambda: None
     deepspeed.init_distributed(dist_backend=dist.get_backend() if dist.is_initialized() else None)
+
+
+def _import_deepspeed() -> Any:
+    """``import deepspeed``, less MLflow: DeepSpeed's autotuner imports MLflow whenever it is
+    installed (raft's tracking installs it), which took 0.6 of the 0.7 s DeepSpeed's import
+    adds to a worker's start here. raft never runs the autotuner, and this process never
+    tracks (raft.monitor's board does, in its own process), so MLflow is hidden for the
+    import alone and importable again after it."""
+    if "deepspeed" in sys.modules:
+        return sys.modules["deepspeed"]
+    hide = "mlflow" not in sys.modules
+    if hide:
+        sys.modules["mlflow"] = None  # type: ignore[assignment]  # `import mlflow` raises ImportError
+    try:
+        import deepspeed
+    finally:
+        if hide and "mlflow" in sys.modules and sys.modules["mlflow"] is None:
+            del sys.modules["mlflow"]
+    return deepspeed
 
 
 def _worker_nodes() -> list[str]:
@@ -595,13 +621,21 @@ class _Prefetched:
     coordinator's epoch barrier, read and preprocessing tasks scheduled, the first blocks
     tokenized. Begun before the model loads, that wait overlaps the model load and
     DeepSpeed's set-up instead of following them. Errors reach the reader as they were
-    raised; ``close`` stops the thread when the reader leaves early."""
+    raised; ``close`` stops the thread when the reader leaves early. With ``start=False``
+    the pass begins at ``start()``, or when it is first read."""
 
-    def __init__(self, items: Any, depth: int = 2):
+    def __init__(self, items: Any, depth: int = 2, start: bool = True):
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._fill, args=(items,), name="raft-prefetch", daemon=True)
-        self._thread.start()
+        self._started = threading.Lock()
+        if start:
+            self.start()
+
+    def start(self) -> None:
+        with self._started:
+            if self._thread.ident is None:  # a thread starts once
+                self._thread.start()
 
     def _put(self, entry: tuple[str, Any]) -> bool:
         while not self._stop.is_set():
@@ -622,6 +656,7 @@ class _Prefetched:
             self._put(("error", error))
 
     def __iter__(self):
+        self.start()
         while True:
             kind, value = self._queue.get()
             if kind == "end":
@@ -641,9 +676,21 @@ class _FirstStep:
 
     def __init__(self, timeline: dict[str, float], engine: Any):
         self.timeline, self.engine, self.memory = timeline, engine, None
+        self._pending: list[Any] = []
+
+    def then(self, action: Any) -> None:
+        """Run ``action`` after the first optimizer step (now, if it was taken)."""
+        if "first_step" in self.timeline:
+            action()
+        else:
+            self._pending.append(action)
 
     def stepped(self) -> None:
-        self.timeline.setdefault("first_step", time.time())
+        if "first_step" not in self.timeline:
+            self.timeline["first_step"] = time.time()
+            for action in self._pending:
+                action()
+            self._pending.clear()
 
     def after_backward(self) -> None:
         if self.memory is None and "first_step" in self.timeline:

@@ -57,6 +57,8 @@ def test_merged_lora_export_loads_plainly_and_raft_eval_scores_it(tiny_bert, toy
     outcome = fit(validate(document))
     # No evaluation before training: the history starts at the first epoch, with no baseline.
     assert [h["epoch"] for h in outcome.history] == [1, 2, 3]
+    # The validation pass then begins after the first step (raft.worker), yet every epoch has it.
+    assert all(h["val_accuracy"] is not None and h["val_loss"] > 0 for h in outcome.history)
     assert outcome.summary["before"] is None and outcome.summary["after"] is not None
     # Checkpoints hold the adapter alone (with the trained classifier head); the export merges.
     saved = {p.name for p in next(Path(outcome.run_dir).glob("checkpoint_*/model")).iterdir()}
