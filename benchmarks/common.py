@@ -33,6 +33,7 @@ TIMELINE_KEYS = (
     "workers_started",
     "model_loaded",
     "engine_ready",
+    "first_batch",
     "first_step",
 )
 MEMORY_KEYS = ("peak_rss_mb", "tensor_mb", "device_peak_mb")

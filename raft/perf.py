@@ -162,7 +162,8 @@ STAGES = (
     ("model_loaded", "model load"),
     ("engine_ready", "DeepSpeed init"),
     ("evaluated", "evaluation before training"),
-    ("first_step", "first training batch and step"),
+    ("first_batch", "first training batch"),
+    ("first_step", "first optimizer step"),
 )
 
 

@@ -670,7 +670,7 @@ class _Prefetched:
 
 
 class _FirstStep:
-    """Stamps the first optimizer step of this process, and measures the tensors the
+    """Stamps this process's first training batch and first optimizer step, and measures the tensors the
     worker holds at the next backward: weights, gradients and optimizer state all exist
     then (the optimizer's state appears at its first step; gradients are freed after each)."""
 
@@ -684,6 +684,9 @@ class _FirstStep:
             action()
         else:
             self._pending.append(action)
+
+    def batch_ready(self) -> None:
+        self.timeline.setdefault("first_batch", time.time())
 
     def stepped(self) -> None:
         if "first_step" not in self.timeline:
@@ -789,6 +792,8 @@ def _train_one_epoch(
         if index < skip:  # resuming mid-epoch: these batches were trained before the restart
             continue
         waited += time.perf_counter() - fetch_start
+        if probe is not None:
+            probe.batch_ready()
         loss = engine(**task.model_inputs(batch)).loss
         _backward(engine, loss)
         if probe is not None:

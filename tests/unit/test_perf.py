@@ -139,6 +139,7 @@ def test_first_step_breakdown():
         "cluster_ready": 104.5,
         "data_ready": 105.0,
         "evaluated": 127.0,
+        "first_batch": 128.5,
         "first_step": 130.0,
     }
     assert perf.first_step_breakdown(stamps, command_started=98.0) == {
@@ -146,11 +147,13 @@ def test_first_step_breakdown():
         "checks and cluster start": 4.5,
         "data check": 0.5,
         "evaluation before training": 22.0,
-        "first training batch and step": 3.0,
+        "first training batch": 1.5,
+        "first optimizer step": 1.5,
     }
     assert list(perf.first_step_breakdown(stamps)) == [
         "checks and cluster start",
         "data check",
         "evaluation before training",
-        "first training batch and step",
+        "first training batch",
+        "first optimizer step",
     ]
