@@ -37,7 +37,7 @@ def one_setting(setting: str, jobs: int) -> list[dict]:
     train = write_jsonl(toy_sft_rows(600, seed=0, chat=True), root / "train.jsonl")
     validation = write_jsonl(toy_sft_rows(60, seed=1, chat=True), root / "validation.jsonl")
     extra = {"_system_config": WORKER_REUSE_SYSTEM_CONFIG} if setting == "reuse" else {}
-    ray.init(num_cpus=4, include_dashboard=True, logging_level="WARNING", **extra)
+    ray.init(address="local", num_cpus=4, include_dashboard=True, logging_level="WARNING", **extra)
     results = []
     for job in range(jobs):
         spec = validate(

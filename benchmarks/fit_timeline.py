@@ -30,7 +30,7 @@ root = Path(tempfile.mkdtemp(prefix="raft-timeline-"))
 model = make_tiny_model(root / "tiny-bert")
 train = write_jsonl(toy_sentiment_rows(600, seed=0), root / "train.jsonl")
 val = write_jsonl(toy_sentiment_rows(120, seed=1), root / "validation.jsonl")
-ray.init(num_cpus=4, include_dashboard=True, logging_level="WARNING", _system_config=LOCAL_SYSTEM_CONFIG)
+ray.init(address="local", num_cpus=4, include_dashboard=True, logging_level="WARNING", _system_config=LOCAL_SYSTEM_CONFIG)
 
 @ray.remote(num_cpus=1)
 def pid():

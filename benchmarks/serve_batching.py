@@ -374,6 +374,7 @@ def main() -> None:
     model_rates = in_process_rates(model_dir, sorted({1, args.max_batch_size}), texts)
 
     ray.init(
+        address="local",
         num_cpus=args.ray_cpus,
         include_dashboard=False,  # fewer background processes on a small machine
         logging_level="WARNING",

@@ -108,7 +108,13 @@ def main() -> None:
         "train": write_jsonl(toy_sentiment_rows(600, seed=0), root / "train.jsonl"),
         "validation": write_jsonl(toy_sentiment_rows(120, seed=1), root / "validation.jsonl"),
     }
-    ray.init(num_cpus=3, include_dashboard=True, logging_level="WARNING", _system_config=LOCAL_SYSTEM_CONFIG)
+    ray.init(
+        address="local",
+        num_cpus=3,
+        include_dashboard=True,
+        logging_level="WARNING",
+        _system_config=LOCAL_SYSTEM_CONFIG,
+    )
     results = [run(name, args, root, model, data) for name in ("fifo", "asha")]
     ray.shutdown()
 

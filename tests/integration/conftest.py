@@ -14,6 +14,9 @@ def ray_cluster():
     # raft.resources for why the data pipeline needs CPUs of its own).
     use_local_env()
     ray.init(  # as raft.cluster does
+        # "local": a cluster of its own even when a `ray start` cluster runs on this
+        # machine (without it Ray joins that one and refuses num_cpus).
+        address="local",
         num_cpus=4,
         include_dashboard=True,
         logging_level="WARNING",

@@ -260,7 +260,8 @@ def fake_summary(samples: float, workers: int = 2, t0: float = 1000.0) -> dict:
                     "first_step",
                 )
             )
-        },
+        }
+        | {"first_batch": t0 + 34},  # the first batch, read a second before the first step
         "memory": {
             "tensor_mb": [400.0] * workers,
             "peak_rss_mb": [1500.0] * workers,
