@@ -378,6 +378,9 @@ def main() -> None:
         num_cpus=args.ray_cpus,
         include_dashboard=False,  # fewer background processes on a small machine
         logging_level="WARNING",
+        # As raft serve runs: replicas' logs (an access log line per request) stay in Ray's
+        # log files instead of being streamed to this process, which is also the client.
+        log_to_driver=False,
         _system_config=LOCAL_SYSTEM_CONFIG,
     )
     try:
