@@ -46,6 +46,11 @@ GROUPS = (
             "ray::MapBatches",
             "ray::ReadFiles",
             "ray::_StatsActor",
+            # A random_shuffle's map and reduce tasks (data.shuffle: global, each epoch),
+            # and streaming_split's equalizing of the shards.
+            "ray::map",
+            "ray::reduce",
+            "ray::_split_single_block",
         ),
     ),
     (

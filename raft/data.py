@@ -164,13 +164,15 @@ def prepare(spec: Any) -> PreparedData:
         except ValueError as error:
             raise DataError(f"column {label_column!r}: {error}") from None
 
-    # Files are often sorted (an image folder is, class by class): without a shuffle each
-    # worker would see long runs of one class and training would swing between them.
-    if spec.data.shuffle == "global":
-        train = train.random_shuffle(seed=spec.train.seed)
-    elif spec.data.shuffle == "local":  # the workers add a shuffle buffer (raft.worker)
-        train = train.randomize_block_order(seed=spec.train.seed)
-
+    # The shuffle goes before tokenizing, where rows are smallest (far smaller than the
+    # pixels or audio features of other families), unless the tokenized rows are kept (it
+    # then reshuffles the kept rows each epoch) or packing makes the examples (it then
+    # shuffles the packed blocks, so that every epoch has the same number of them).
+    packs = task.changes_row_count(spec.task)
+    if not packs:
+        materialize, why = _should_materialize(spec, train_rows + validation_rows)
+        if not materialize:
+            train = _shuffled(train, spec)
     preprocess_args = {
         "task_name": task.name,
         "task_spec": spec.task,
@@ -183,7 +185,7 @@ def prepare(spec: Any) -> PreparedData:
         )
         for dataset in (train, validation)
     )
-    if task.changes_row_count(spec.task):  # packing: count the examples, not the rows
+    if packs:  # count the examples, not the rows
         train_rows, validation_rows = train.count(), validation.count()
         for role, count in (("data.train", train_rows), ("data.validation", validation_rows)):
             if count == 0:
@@ -191,16 +193,11 @@ def prepare(spec: Any) -> PreparedData:
                     f"{role}: packing makes no block of task.max_length={spec.task.max_length} tokens; "
                     "lower max_length or add text"
                 )
-    materialize, why = resources.should_materialize(
-        spec.data.materialize,
-        epochs=spec.train.epochs,
-        elastic=spec.scaling.elastic,
-        rows=train_rows + validation_rows,
-        row_bytes=resources.token_row_bytes(spec.task),
-        object_store_bytes=ray.cluster_resources().get("object_store_memory", 0.0),
-    )
-    if materialize:  # tokenized once, here; every epoch then reads the blocks
+        materialize, why = _should_materialize(spec, train_rows + validation_rows)
+    if materialize:  # tokenized once, here; every epoch then reads the kept blocks
         train, validation = train.materialize(), validation.materialize()
+    if materialize or packs:
+        train = _shuffled(train, spec)
     if task.augments(spec.task):  # training batches only, drawn afresh as each epoch streams
         train = train.map_batches(
             _augment,
@@ -211,6 +208,34 @@ def prepare(spec: Any) -> PreparedData:
     return PreparedData(
         train, validation, labels, train_rows, validation_rows, skipped, samples, why if materialize else None
     )
+
+
+def _should_materialize(spec: Any, rows: int) -> tuple[bool, str]:
+    """data.materialize for ``rows`` examples, as tokenized (after packing)."""
+    return resources.should_materialize(
+        spec.data.materialize,
+        epochs=spec.train.epochs,
+        elastic=spec.scaling.elastic,
+        rows=rows,
+        row_bytes=resources.token_row_bytes(spec.task),
+        object_store_bytes=ray.cluster_resources().get("object_store_memory", 0.0),
+    )
+
+
+def _shuffled(train: ray.data.Dataset, spec: Any) -> ray.data.Dataset:
+    """data.shuffle, done afresh for every epoch. Files are often sorted (an image folder
+    is, class by class): without a shuffle each worker would see long runs of one class and
+    training would swing between them. Ray Train runs the dataset's plan once per epoch; a
+    plain integer seed would give every epoch the same order, so the seed is train.seed
+    combined with the execution's index (Ray Data's ``reseed_after_execution``)."""
+    from ray.data import RandomSeedConfig
+
+    seed = RandomSeedConfig(seed=spec.train.seed, reseed_after_execution=True)
+    if spec.data.shuffle == "global":
+        return train.random_shuffle(seed=seed)
+    if spec.data.shuffle == "local":  # the workers add a shuffle buffer (raft.worker)
+        return train.randomize_block_order(seed=seed)
+    return train
 
 
 # -- the row check: one pass per source, before training -----------------------------------

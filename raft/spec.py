@@ -95,8 +95,9 @@ class DataSection(SectionModel):
     )
     shuffle: Literal["global", "local", "none"] = Field(
         "global",
-        description="Training order: global = a full shuffle of the rows (seeded by train.seed), "
-        "local = random block order plus a shuffle buffer (for data too big to shuffle), none = as read.",
+        description="Training order: global = a full shuffle of the rows, new every epoch (seeded by "
+        "train.seed and the epoch), local = random block order plus a shuffle buffer, new every epoch (for "
+        "data too big to shuffle), none = as read.",
     )
     shuffle_buffer: PositiveInt = Field(
         1000, description="Rows in the local shuffle buffer (shuffle: local)."

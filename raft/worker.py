@@ -85,7 +85,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
         if spec.train.eval_before_training
         else None  # then it begins after the first step (below)
     )
-    first_train = _Prefetched(_shard_pass(train_shard, task, spec, training=True))
+    # Training passes are numbered from 0 in each worker process, as Ray Data numbers its
+    # executions of the (reshuffled) training set: the epoch, for a run that never restarted.
+    passes = 0
+    first_train = _Prefetched(_shard_pass(train_shard, task, spec, True, passes, rank))
 
     _init_deepspeed_comm()
     model = _build_model(spec, task, labels, ds_config)
@@ -147,7 +150,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
             # The next epoch's pass begins now, in the background: Ray Data's start-up for
             # it (the split coordinator's epoch barrier, the first blocks read and
             # tokenized) overlaps this evaluation and checkpoint, not the next first steps.
-            first_train = _Prefetched(_shard_pass(train_shard, task, spec, training=True))
+            passes += 1
+            first_train = _Prefetched(_shard_pass(train_shard, task, spec, True, passes, rank))
         metrics = _evaluate(engine, validation_shard, task, spec, labels, device, samples, first_validation)
         first_validation = None
         metrics.update(
@@ -551,13 +555,19 @@ def _save_hf_model(engine: Any, directory: str, rank: int) -> None:
 
 
 # -- training and evaluation ----------------------------------------------------------
-def _shard_pass(shard: Any, task: Any, spec: Any, training: bool = False) -> Any:
+def _shard_pass(
+    shard: Any, task: Any, spec: Any, training: bool = False, index: int = 0, rank: int = 0
+) -> Any:
     """One pass over a worker's shard as Ray Data hands it out: collated batches, or (for
-    data.group_by_length) windows of rows that ``_batches`` cuts into batches. Nothing here
-    depends on the epoch, so a pass can be started before the worker knows which epoch
-    it resumes at (``_Prefetched``)."""
+    data.group_by_length) windows of rows that ``_batches`` cuts into batches. A training
+    pass with data.shuffle: local draws from a shuffle buffer seeded by train.seed, the
+    pass's ``index`` and the ``rank``, so that no two epochs repeat an order (raft.data
+    reshuffles the blocks each epoch too, but a shard of one block has one order)."""
     buffer = spec.data.shuffle_buffer if training and spec.data.shuffle == "local" else None
-    shuffle = {"local_shuffle_buffer_size": buffer, "local_shuffle_seed": spec.train.seed if buffer else None}
+    seed = None
+    if buffer:
+        seed = int(np.random.SeedSequence([spec.train.seed, index, rank]).generate_state(1)[0])
+    shuffle = {"local_shuffle_buffer_size": buffer, "local_shuffle_seed": seed}
     if training and spec.data.group_by_length:
         return shard.iter_batches(
             batch_size=spec.train.batch_size * spec.data.length_window,
@@ -587,7 +597,11 @@ def _batches(
     started: _Prefetched | None = None,
 ):
     """The pass's batches on ``device``; ``started`` is this pass already begun."""
-    source = started if started is not None else _shard_pass(shard, task, spec, training)
+    if started is None:
+        rank = ray.train.get_context().get_world_rank() if training else 0
+        source = _shard_pass(shard, task, spec, training, epoch, rank)
+    else:
+        source = started
     try:
         if training and spec.data.group_by_length:
             source = _length_grouped(source, task, spec, epoch)

@@ -321,7 +321,7 @@ def test_a_multi_epoch_text_run_tokenizes_once_and_keeps_the_same_rows(tiny_bert
     data = {"train": str(train), "validation": str(val)}
     kept = prepare(spec_for(tiny_bert, tmp_path, data))
     assert kept.materialized and "kept for 3 epochs" in kept.materialized
-    assert isinstance(kept.train, MaterializedDataset)
+    assert isinstance(kept.validation, MaterializedDataset)
     streamed = prepare(spec_for(tiny_bert, tmp_path, data | {"materialize": False}))
     assert streamed.materialized is None
     assert not isinstance(streamed.train, MaterializedDataset)
@@ -330,4 +330,74 @@ def test_a_multi_epoch_text_run_tokenizes_once_and_keeps_the_same_rows(tiny_bert
         return sorted(tuple(row["input_ids"].tolist()) + (int(row["labels"]),) for row in features(dataset))
 
     assert rows(kept.validation) == rows(streamed.validation)
-    assert rows(kept.train) == rows(streamed.train)
+    expected = rows(streamed.train)
+    assert rows(kept.train) == expected
+    # The kept rows need neither the file nor the tokenizer again (the training set is
+    # reshuffled from them each epoch); the streamed ones read the file on every pass.
+    train.rename(tmp_path / "moved.jsonl")
+    assert rows(kept.train) == expected
+    with pytest.raises(Exception, match="train.jsonl"):
+        features(streamed.train)
+
+
+def _epochs(spec, dataset, workers: int, epochs: int) -> list[list[list[tuple]]]:
+    """Each worker's rows, in order, for each epoch: the shards Ray Train hands its workers
+    (DataConfig.configure, as a run's DatasetManager calls it), read concurrently by the
+    worker's own training passes (raft.worker._shard_pass, with its shuffle buffer)."""
+    import threading
+
+    from ray.train import DataConfig
+
+    from raft import registry
+    from raft.worker import _shard_pass
+
+    task = registry.get_task(spec.task.type)
+    shards = DataConfig().configure({"train": dataset}, workers, None, None)
+    seen = [[[] for _ in range(epochs)] for _ in range(workers)]
+
+    def read(rank: int) -> None:
+        for epoch in range(epochs):
+            for batch in _shard_pass(shards[rank]["train"], task, spec, True, epoch, rank):
+                for ids, mask in zip(batch["input_ids"], batch["attention_mask"], strict=True):
+                    seen[rank][epoch].append(tuple(ids[mask.bool()].tolist()))  # padding cut per batch
+
+    threads = [threading.Thread(target=read, args=(rank,)) for rank in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not any(thread.is_alive() for thread in threads), "a shard never finished its epochs"
+    return seen
+
+
+@pytest.mark.parametrize(
+    "data",
+    [{"shuffle": "global"}, {"shuffle": "global", "materialize": False}, {"shuffle": "local"}],
+    ids=["global-kept", "global-streamed", "local-kept"],
+)
+def test_training_rows_are_reshuffled_every_epoch(tiny_bert, tmp_path, data):
+    """A seeded shuffle that Ray re-runs each epoch would give every epoch the same order.
+    Here every worker sees its rows in a new order each epoch, and every row once."""
+    from raft.testing import CUES, FILLERS
+
+    def text(i: int) -> str:  # 96 different rows in the toy vocabulary
+        return " ".join(FILLERS[(i // len(FILLERS) ** k) % len(FILLERS)] for k in range(3))
+
+    labels = sorted(CUES)
+    rows = [{"text": f"{text(i)} {CUES[labels[i % 2]][0]}", "label": labels[i % 2]} for i in range(96)]
+    train = write_jsonl(rows, tmp_path / "train.jsonl")
+    val = write_jsonl(toy_sentiment_rows(8, seed=4), tmp_path / "val.jsonl")
+    spec = spec_for(tiny_bert, tmp_path, {"train": str(train), "validation": str(val)} | data)
+    prepared = prepare(spec)
+    assert bool(prepared.materialized) == data.get("materialize", True)
+    seen = _epochs(spec, prepared.train, workers=2, epochs=3)
+    everything = sorted(
+        tuple(row["input_ids"][row["attention_mask"].astype(bool)].tolist())
+        for row in features(prepared.train)
+    )
+    assert len(set(everything)) == 96
+    for epoch in range(3):
+        assert sorted(seen[0][epoch] + seen[1][epoch]) == everything
+    for rank in range(2):
+        orders = [tuple(seen[rank][epoch]) for epoch in range(3)]
+        assert len(set(orders)) == 3, f"worker {rank} saw the same order in two epochs"

@@ -16,6 +16,8 @@ from benchmarks import cpu_share
         ("ray::ReadBinary->SplitBlocks(8)", "Ray Data"),
         ("ray::MapBatches(_preprocess)", "Ray Data"),
         ("ray::IDLE", "Ray Data"),
+        ("ray::reduce", "Ray Data"),
+        ("ray::_split_single_block", "Ray Data"),
         ("ray::TrainController.__init__", "Ray control plane"),
         ("ray::ProgressBoard", "Ray control plane"),
         ("/venv/lib/ray/core/src/ray/raylet/raylet --raylet_socket_name=x", "Ray control plane"),
