@@ -22,6 +22,7 @@ from raft.registry import TaskSpec, register_task
 from raft.serving import GenerationOptions
 from raft.sources import RowFault, text_fault
 from raft.tasks.base import EvalContext, Task, load_tokenizer, safetensors_only
+from raft.tasks.sequence_classification import token_columns
 
 IGNORE = -100
 
@@ -232,10 +233,10 @@ def pad_labels(rows: list[list[int]], max_length: int) -> np.ndarray:
 def trim_seq2seq(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Cut source columns to the longest source and labels to the longest target."""
     out = dict(batch)
-    longest_source = int(batch["attention_mask"].sum(dim=1).max().item()) or 1
+    columns = token_columns(batch["attention_mask"])  # a left-padding tokenizer's too
     for key in ("input_ids", "attention_mask", "token_type_ids"):
         if key in out:
-            out[key] = out[key][:, :longest_source].contiguous()
+            out[key] = out[key][:, columns].contiguous()
     if "labels" in out:
         scored = (out["labels"] != IGNORE).sum(dim=1)
         out["labels"] = out["labels"][:, : int(scored.max().item()) or 1].contiguous()

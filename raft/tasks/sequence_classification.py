@@ -170,15 +170,25 @@ def _texts(column: np.ndarray, name: str) -> list[str]:
     return texts
 
 
+def token_columns(mask: torch.Tensor) -> slice:
+    """The columns of a batch's attention mask that hold a token in some row: the batch
+    without the padding every row has, whichever side the tokenizer pads on (some
+    checkpoints' tokenizer_config pads on the left)."""
+    present = mask.any(dim=0).nonzero()
+    if len(present) == 0:
+        return slice(0, 1)
+    return slice(int(present[0]), int(present[-1]) + 1)
+
+
 def trim_padding(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Cut sequence columns to the longest row in the batch (right padding assumed)."""
+    """Cut sequence columns to the tokens of the batch's longest row (``token_columns``)."""
     mask = batch.get("attention_mask")
     if mask is None or mask.dim() != 2:
         return batch
-    longest = int(mask.sum(dim=1).max().item()) or 1
+    columns = token_columns(mask)
     return {
         # contiguous: heads call .view() on labels (token classification's loss does)
-        key: value[:, :longest].contiguous()
+        key: value[:, columns].contiguous()
         if value.dim() == 2 and value.shape[1] == mask.shape[1]
         else value
         for key, value in batch.items()

@@ -58,6 +58,17 @@ def test_collate_trims_sources_and_targets_separately():
     assert out["input_ids"].shape == (2, 3) and out["labels"].tolist() == [[8, IGNORE], [8, 9]]
 
 
+def test_collate_keeps_left_padded_sources():
+    batch = {
+        "input_ids": torch.tensor([[0, 0, 5, 6, 7], [0, 0, 0, 5, 6]]),
+        "attention_mask": torch.tensor([[0, 0, 1, 1, 1], [0, 0, 0, 1, 1]]),
+        "labels": torch.tensor([[8, IGNORE], [8, 9]]),
+    }
+    out = trim_seq2seq(batch)
+    assert out["input_ids"].tolist() == [[5, 6, 7], [0, 5, 6]]
+    assert out["attention_mask"].tolist() == [[1, 1, 1], [0, 1, 1]]
+
+
 def test_row_problem_names_an_empty_target(model_dir):
     spec = Seq2SeqSpec()
     assert "'target' is empty" in TASK.row_problem({"source": "x", "target": None}, spec, model_dir)

@@ -68,6 +68,28 @@ def test_collate_trims_to_longest_row():
     assert trim_padding({"labels": torch.tensor([1])})["labels"].tolist() == [1]
 
 
+def test_a_left_padding_tokenizer_keeps_its_tokens(tiny_bert, tmp_path):
+    """Some checkpoints' tokenizer_config pads on the left; the batch is cut to the columns
+    that hold tokens, not to the first ones (which are all padding then)."""
+    import json
+    import shutil
+
+    left = tmp_path / "left"
+    shutil.copytree(tiny_bert, left)
+    config = json.loads((left / "tokenizer_config.json").read_text())
+    (left / "tokenizer_config.json").write_text(json.dumps(config | {"padding_side": "left"}))
+    spec = SequenceClassificationSpec(max_length=12)
+    rows = batch(["a good movie", "bad"], ["positive", "negative"])
+    right = TASK.collate(TASK.preprocess(rows, spec, str(tiny_bert), LABELS))
+    padded_left = TASK.preprocess(rows, spec, str(left), LABELS)
+    assert padded_left["attention_mask"][1].tolist()[:9] == [0] * 9  # it does pad on the left
+    cut = TASK.collate(padded_left)
+    assert cut["attention_mask"].shape == (2, 5)
+    for row in range(2):  # the same tokens, on the other side
+        kept = cut["input_ids"][row][cut["attention_mask"][row].bool()]
+        assert kept.tolist() == right["input_ids"][row][right["attention_mask"][row].bool()].tolist()
+
+
 def test_build_model_sizes_the_head_to_the_labels(tiny_bert):
     labels = LabelMap(("a", "b", "c"))
     model = TASK.build_model(str(tiny_bert), SequenceClassificationSpec(), labels, False)
