@@ -188,9 +188,7 @@ def trim_padding(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     columns = token_columns(mask)
     return {
         # contiguous: heads call .view() on labels (token classification's loss does)
-        key: value[:, columns].contiguous()
-        if value.dim() == 2 and value.shape[1] == mask.shape[1]
-        else value
+        key: value[:, columns].contiguous() if value.dim() == 2 and value.shape[1] == mask.shape[1] else value
         for key, value in batch.items()
     }
 
