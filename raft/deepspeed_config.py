@@ -133,10 +133,28 @@ def parameter_groups(named_parameters: Any, weight_decay: float) -> list[dict[st
     return [group for group in groups if group["params"]]
 
 
+def micro_batches_per_epoch(rows_per_worker: int, batch_size: int) -> int:
+    """Batches one worker trains on per epoch (partial last batch included)."""
+    return max(1, -(-rows_per_worker // batch_size))
+
+
 def steps_per_epoch(rows_per_worker: int, batch_size: int, accumulation: int) -> int:
-    """Optimizer steps per epoch for one worker's shard (partial last batch included)."""
-    micro_batches = -(-rows_per_worker // batch_size)
-    return max(1, micro_batches // accumulation)
+    """Optimizer steps per epoch for one worker's shard: every epoch ends on a step
+    (``accumulation_step``), so a last group of fewer than ``accumulation`` batches is one."""
+    return -(-micro_batches_per_epoch(rows_per_worker, batch_size) // accumulation)
+
+
+def accumulation_step(index: int, micro_batches: int, accumulation: int) -> tuple[bool, float]:
+    """For an epoch's batch ``index`` (of ``micro_batches``): whether an optimizer step
+    follows it, and the factor to scale its loss by. Groups of ``accumulation`` batches
+    make a step, and the epoch's last batch always does, so no step straddles two epochs
+    (and the evaluation and checkpoint between them). DeepSpeed divides every loss by
+    gradient_accumulation_steps; the batches of a shorter last group are scaled up so that
+    its gradient too is the mean over its batches."""
+    tail = micro_batches % accumulation
+    ends_step = (index + 1) % accumulation == 0 or index + 1 >= micro_batches
+    in_tail = tail and index >= micro_batches - tail
+    return ends_step, accumulation / tail if in_tail else 1.0
 
 
 def total_steps(rows_per_worker: int, spec: Any) -> int:

@@ -161,7 +161,8 @@ class TrainSection(SectionModel):
         16, description="Examples per worker per forward pass (DeepSpeed's micro batch)."
     )
     gradient_accumulation_steps: PositiveInt = Field(
-        1, description="Micro batches summed before each optimizer step."
+        1,
+        description="Micro batches averaged into each optimizer step; an epoch's last step takes the batches left (every epoch ends on a step).",
     )
     lr: PositiveFloat = Field(5e-5, description="Peak learning rate (AdamW).")
     weight_decay: NonNegativeFloat = Field(

@@ -26,7 +26,9 @@ import torch.distributed as dist
 
 from raft import batching, checkpoints, perf, registry
 from raft.deepspeed_config import (
+    accumulation_step,
     build_deepspeed_config,
+    micro_batches_per_epoch,
     parameter_groups,
     resolve_precision,
     size_buckets,
@@ -73,6 +75,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     skipped = skipped_row_metrics(config.get("skipped") or {})
     # From the workers actually running: an elastic run may have fewer than it asked for.
     steps = total_steps(config["train_rows"] // world_size, spec)
+    micro_batches = micro_batches_per_epoch(config["train_rows"] // world_size, spec.train.batch_size)
     precision = resolve_precision(spec.train.precision, spec.scaling.use_gpu, _bf16_supported())
     ds_config = build_deepspeed_config(spec, precision, world_size)
 
@@ -140,7 +143,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
             first_validation = _Prefetched(_shard_pass(validation_shard, task, spec), start=False)
             probe.then(first_validation.start)
         epoch_stats = _train_one_epoch(
-            engine, train_shard, task, spec, state, steps, device, log, probe, started=first_train
+            engine, train_shard, task, spec, state, steps, micro_batches, device, log, probe, first_train
         )
         first_train = None
         samples_seen += epoch_stats["samples"]
@@ -788,12 +791,16 @@ def _train_one_epoch(
     spec: Any,
     state: TrainState,
     steps: int,
+    micro_batches: int,
     device: Any,
     log: Any,
     probe: _FirstStep | None = None,
     started: _Prefetched | None = None,
 ) -> dict[str, float]:
+    """One epoch over the worker's shard of ``micro_batches`` batches (a step after every
+    gradient_accumulation_steps of them and after the last: ``accumulation_step``)."""
     engine.train()
+    accumulation = spec.train.gradient_accumulation_steps
     skip = state.batches_into_epoch
     # The loss is summed on the device: reading it every step would wait for the GPU.
     loss_sum, batches, samples = torch.zeros((), device=device), 0, 0
@@ -808,8 +815,11 @@ def _train_one_epoch(
         waited += time.perf_counter() - fetch_start
         if probe is not None:
             probe.batch_ready()
+        ends_step, scale = accumulation_step(index, micro_batches, accumulation)
+        if accumulation > 1:
+            engine.set_gradient_accumulation_boundary(ends_step)
         loss = engine(**task.model_inputs(batch)).loss
-        _backward(engine, loss)
+        _backward(engine, loss * scale if scale != 1.0 else loss)
         if probe is not None:
             probe.after_backward()
         engine.step()
@@ -822,7 +832,7 @@ def _train_one_epoch(
         tokens += real
         fed += padded
         state.batches_into_epoch = index + 1
-        if (index + 1) % spec.train.gradient_accumulation_steps == 0:
+        if ends_step:
             state.global_step += 1
             if probe is not None:
                 probe.stepped()

@@ -70,7 +70,9 @@ def assert_learned(outcome, min_accuracy: float):
         # end to end in the chat SFT, merged-adapter and raft tune tests.)
         # ZeRO-3 with optimizer state and parameters in CPU memory (raft's fused AdamW steps
         # the offloaded state); the layer-by-layer gather for export is the same as without.
-        # Its batches are grouped by length (data.group_by_length).
+        # Its batches are grouped by length (data.group_by_length), and it accumulates
+        # gradients over 2 batches of 8 (the same 16 rows a step as the others): 300 rows a
+        # worker make 38 batches and 19 steps an epoch.
         ({"zero_stage": 3, "offload_optimizer": True, "offload_params": True}, {"type": "full"}, True),
     ],
     ids=["zero0-full", "zero3-offload-full-grouped"],
@@ -82,7 +84,13 @@ def test_trains_and_exports(tiny_bert, toy_data, tmp_path, deepspeed, technique,
         tmp_path,
         technique=technique,
         deepspeed=deepspeed,
-        train={"epochs": 4, "lr": 3e-3, "log_every_n_steps": 5},
+        train={
+            "epochs": 4,
+            "lr": 3e-3,
+            "log_every_n_steps": 5,
+            "batch_size": 8 if grouped else 16,
+            "gradient_accumulation_steps": 2 if grouped else 1,
+        },
     )
     document["data"]["group_by_length"] = grouped
     spec = validate(document)
@@ -121,6 +129,9 @@ def assert_tracked_and_reported(outcome, zero_stage: int) -> None:
     events = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [e["event"] for e in events].count("start") == 1
     assert [e["epoch"] for e in events if e["event"] == "epoch"] == [0, 1, 2, 3, 4]
+    # The LR schedule is as long as the steps taken: every epoch ends on a step.
+    start = next(e for e in events if e["event"] == "start")
+    assert start["total_steps"] == history[-1]["global_step"] == 4 * 19  # 300 rows a worker, 16 a step
     steps = [e["global_step"] for e in events if e["event"] == "step"]
     assert steps == list(range(5, history[-1]["global_step"] + 1, 5))  # every log_every_n_steps
 

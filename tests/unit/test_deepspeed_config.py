@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from raft.deepspeed_config import (
+    accumulation_step,
     build_deepspeed_config,
     parameter_groups,
     resolve_precision,
@@ -130,7 +131,7 @@ def test_parameter_groups_skip_decay_on_bias_and_norms():
 
 def test_step_arithmetic():
     assert steps_per_epoch(100, 16, 1) == 7  # 6 full batches and a partial one
-    assert steps_per_epoch(100, 16, 2) == 3
+    assert steps_per_epoch(100, 16, 2) == 4  # the 7th batch alone makes the epoch's last step
     assert steps_per_epoch(3, 16, 4) == 1  # never zero
     spec = spec_with(train={"epochs": 3, "batch_size": 10, "warmup_ratio": 0.1})
     assert total_steps(100, spec) == 30
@@ -138,6 +139,83 @@ def test_step_arithmetic():
     capped = spec_with(train={"epochs": 3, "batch_size": 10, "max_steps": 12, "warmup_steps": 2})
     assert total_steps(100, capped) == 12
     assert warmup_steps(capped, 12) == 2
+
+
+def test_every_epoch_ends_on_a_step_and_a_short_last_group_is_a_mean():
+    plan = [accumulation_step(index, 7, 3) for index in range(7)]
+    assert [ends for ends, _ in plan] == [False, False, True, False, False, True, True]
+    assert [scale for _, scale in plan] == [1.0] * 6 + [3.0]
+    assert [accumulation_step(index, 6, 3) for index in range(6)] == [
+        (False, 1.0),
+        (False, 1.0),
+        (True, 1.0),
+    ] * 2
+    assert all(accumulation_step(index, 5, 1) == (True, 1.0) for index in range(5))
+
+
+DEEPSPEED_ACCUMULATION = r"""
+import json, os, torch, torch.distributed as dist
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29679", RANK="0", WORLD_SIZE="1", LOCAL_RANK="0",
+                  DS_ACCELERATOR="cpu")
+dist.init_process_group("gloo")
+import deepspeed
+from transformers import get_scheduler
+from raft.deepspeed_config import accumulation_step, micro_batches_per_epoch, steps_per_epoch
+
+rows, batch, accumulation, epochs = 20, 4, 2, 2  # 5 batches an epoch: steps of 2, 2 and 1 batches
+micro = micro_batches_per_epoch(rows, batch)
+total = steps_per_epoch(rows, batch, accumulation) * epochs
+torch.manual_seed(0)
+data = [[(torch.randn(batch, 3), torch.randn(batch, 1)) for _ in range(micro)] for _ in range(epochs)]
+model = torch.nn.Linear(3, 1, bias=False)
+start = model.weight.detach().clone()
+engine, *_ = deepspeed.initialize(
+    model=model,
+    optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+    lr_scheduler=lambda o: get_scheduler("constant", o),
+    config={"train_micro_batch_size_per_gpu": batch, "gradient_accumulation_steps": accumulation,
+            "train_batch_size": batch * accumulation, "zero_allow_untested_optimizer": True, "gradient_clipping": 0.0,
+            "steps_per_print": 10**9},
+)
+steps = 0
+for epoch in range(epochs):
+    for index, (x, y) in enumerate(data[epoch]):
+        ends, scale = accumulation_step(index, micro, accumulation)
+        engine.set_gradient_accumulation_boundary(ends)
+        loss = torch.nn.functional.mse_loss(engine(x), y)
+        engine.backward(loss * scale)
+        engine.step()
+        steps += ends
+
+# The same by hand: each group's gradient is the mean of its batches' gradients.
+weight = start.clone().requires_grad_(True)
+for epoch in range(epochs):
+    groups = [data[epoch][i : i + accumulation] for i in range(0, micro, accumulation)]
+    for group in groups:
+        loss = sum(torch.nn.functional.mse_loss(x @ weight.T, y) for x, y in group) / len(group)
+        (grad,) = torch.autograd.grad(loss, weight)
+        weight = (weight - 0.1 * grad).detach().requires_grad_(True)
+print(json.dumps({"total": total, "steps": steps, "deepspeed_steps": engine.global_steps,
+                  "error": float((model.weight - weight).abs().max())}))
+"""
+
+
+def test_deepspeed_steps_where_raft_counts_them_with_the_mean_gradient():
+    """A real DeepSpeed engine, 5 batches an epoch in groups of 2: 3 steps an epoch, none
+    straddling two epochs, each the mean gradient of its group (the last, of one batch,
+    is not halved). Without the boundary DeepSpeed stepped 5 times over the 2 epochs while
+    raft counted 4 and its schedule held 4."""
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", DEEPSPEED_ACCUMULATION], capture_output=True, text=True, timeout=180
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["total"] == result["steps"] == result["deepspeed_steps"] == 6
+    assert result["error"] < 1e-6
 
 
 def test_workers_do_not_build_deepspeeds_shared_memory_op(tmp_path):
