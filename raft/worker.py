@@ -37,6 +37,7 @@ from raft.deepspeed_config import (
     warmup_steps,
 )
 from raft.labels import LabelMap
+from raft.tasks.base import loss_weight
 
 STATE_FILE = "trainer_state.json"
 MODEL_DIR = "model"
@@ -879,8 +880,15 @@ def _train_one_epoch(
     def rate(count: float) -> float:
         return count / seconds if seconds > 0 else 0.0
 
+    # The epoch's loss over every worker's batches (one all-reduce), not rank 0's alone.
+    totals = torch.stack(
+        [loss_sum.double(), torch.tensor(float(batches), dtype=torch.float64, device=device)]
+    )
+    if dist.is_initialized():
+        dist.all_reduce(totals)
+    summed, counted = totals.tolist()
     return {
-        "loss": float(loss_sum) / max(batches, 1),
+        "loss": summed / counted if counted else float("nan"),
         "samples": samples,
         "samples_per_second": rate(samples),
         "tokens_per_second": rate(int(tokens)),
@@ -918,12 +926,13 @@ def _evaluate(
         # until the slowest is done.
         synced=engine.zero_optimization_stage() == 3 and dist.is_initialized() and dist.get_world_size() > 1,
     )
-    loss_sum, rows, stats = 0.0, 0, task.empty_stats(labels)
+    loss_sum, weight, rows, stats = 0.0, 0, 0, task.empty_stats(labels)
     for batch in _batches(shard, task, spec, device, started=started):
         outputs = engine(**task.model_inputs(batch))
-        size = _rows(batch)
-        loss_sum += float(outputs.loss) * size
-        rows += size
+        scored = loss_weight(batch)
+        loss_sum += float(outputs.loss) * scored
+        weight += scored
+        rows += _rows(batch)
         stats = task.combine_stats(stats, task.eval_stats(outputs, batch, labels, context))
     generations = task.sample_generations(samples or [], context)
     engine.train()
@@ -934,25 +943,25 @@ def _evaluate(
             parts = [part for part in gathered if len(part)]  # a worker may have had no rows
             stats = np.concatenate(parts) if parts else stats
         per_row, stats = stats, np.zeros(0)
-    # One all-reduce of [loss_sum, rows, stats...]: sums over workers are exact.
+    # One all-reduce of [loss_sum, weight, rows, stats...]: sums over workers are exact.
     packed = torch.tensor(
-        np.concatenate([[loss_sum, rows], stats.ravel()]), dtype=torch.float64, device=device
+        np.concatenate([[loss_sum, weight, rows], stats.ravel()]), dtype=torch.float64, device=device
     )
     if dist.is_initialized():
         dist.all_reduce(packed)
     packed = packed.cpu().numpy()
-    total_rows = int(packed[1])
+    total_weight, total_rows = packed[1], int(packed[2])
     if task.row_stats:
         summed = per_row
     else:
-        summed = packed[2:].reshape(stats.shape)
+        summed = packed[3:].reshape(stats.shape)
         if np.issubdtype(stats.dtype, np.integer):
             summed = summed.round().astype(stats.dtype)
     metrics: dict[str, Any] = {
         f"val_{key}": value for key, value in task.metrics_for(summed, labels, spec.task).items()
     }
-    if "val_loss" not in metrics:  # families that weight the loss by token report their own
-        metrics["val_loss"] = float(packed[0] / total_rows) if total_rows else float("nan")
+    if "val_loss" not in metrics:  # causal LM reports its own, from its shifted token counts
+        metrics["val_loss"] = float(packed[0] / total_weight) if total_weight else float("nan")
     metrics["val_rows"] = total_rows
     confusion = None if task.row_stats else task.confusion(summed)
     if confusion is not None:  # kept in the run's history for reports (not a scalar)

@@ -327,3 +327,14 @@ def load_tokenizer(model_path: str, trust_remote_code: bool = False) -> Any:
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+
+
+def loss_weight(batch: dict[str, torch.Tensor]) -> int:
+    """What a batch's loss is a mean over: its scored label tokens where labels are per
+    token (token classification, seq2seq and speech targets; -100 marks what the loss
+    skips), else its rows. A validation loss weighted by it is the mean over every scored
+    token of the set, whatever the batches and workers were."""
+    labels = batch.get("labels")
+    if isinstance(labels, torch.Tensor) and labels.dim() == 2:
+        return int((labels != -100).sum())
+    return int(next(iter(batch.values())).shape[0])

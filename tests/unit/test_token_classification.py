@@ -199,3 +199,35 @@ def test_predict_tags_every_word_and_its_entities_follow_the_tags(tiny_bert):
         assert answer["entities"] == group_entities(text, _words(text), scored)
     # Words past max_length get no prediction: they are tagged O with score 0.
     assert answers[2]["tags"][-1] == {"word": "a", "tag": "O", "score": 0.0}
+
+
+def test_validation_loss_is_a_mean_over_scored_tokens_whatever_the_batches(tmp_path):
+    """The loss of a batch of tags is a mean over its scored tokens; batches with more of
+    them weigh more in the validation loss (raft.tasks.base.loss_weight), so it equals the
+    loss over the whole set in one batch. Weighted by rows it would not."""
+    from transformers import AutoModelForTokenClassification
+
+    from raft.tasks.base import loss_weight
+    from raft.testing import make_tiny_model
+
+    model = AutoModelForTokenClassification.from_pretrained(
+        make_tiny_model(tmp_path / "m", "token_classification"), num_labels=4
+    ).eval()
+    torch.manual_seed(0)
+    ids = torch.randint(5, 30, (3, 8))
+    labels = torch.randint(0, 4, (3, 8))
+    labels[0, 2:] = IGNORE  # 2, 8 and 4 scored tokens
+    labels[2, 4:] = IGNORE
+    whole = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+    batches = [{key: value[rows] for key, value in whole.items()} for rows in (slice(0, 1), slice(1, 3))]
+    with torch.no_grad():
+        losses = [float(model(**batch).loss) for batch in batches]
+        expected = float(model(**whole).loss)
+    weights = [loss_weight(batch) for batch in batches]
+    assert weights == [2, 12]
+    assert sum(loss * w for loss, w in zip(losses, weights, strict=True)) / sum(weights) == pytest.approx(
+        expected
+    )
+    by_rows = (losses[0] * 1 + losses[1] * 2) / 3
+    assert by_rows != pytest.approx(expected, rel=1e-3)
+    assert loss_weight({"pixel_values": torch.zeros(5, 3, 4, 4), "labels": torch.zeros(5)}) == 5
