@@ -42,7 +42,9 @@ class TokenClassificationSpec(TaskSpec):
         description="Tag names in id order. Default: the sorted tags found in the training data.",
     )
     label_all_subtokens: bool = Field(
-        False, description="Give every sub-token its word's tag (default: the first sub-token only)."
+        False,
+        description="Give every sub-token its word's tag, a B- tag continued as its I- tag "
+        "(default: the first sub-token only).",
     )
     max_length: PositiveInt = Field(
         128,
@@ -111,7 +113,7 @@ class TokenClassification(Task):
         )
         features = {key: np.asarray(value, dtype=np.int64) for key, value in encoded.items()}
         if labels is not None:
-            rows = []
+            rows, continuing = [], continuation_ids(labels.names)
             for i, value in enumerate(batch[spec.tags_column]):
                 tags = _strings(value, spec.tags_column, i)
                 if len(tags) != len(words[i]):
@@ -119,7 +121,9 @@ class TokenClassification(Task):
                         f"row {i} of the batch has {len(words[i])} words in {spec.tokens_column!r} but "
                         f"{len(tags)} tags in {spec.tags_column!r}: {words[i][:8]}"
                     )
-                rows.append(align_tags(encoded.word_ids(i), labels.encode(tags), spec.label_all_subtokens))
+                rows.append(
+                    align_tags(encoded.word_ids(i), labels.encode(tags), spec.label_all_subtokens, continuing)
+                )
             features["labels"] = np.asarray(rows, dtype=np.int64)
         return features
 
@@ -227,19 +231,39 @@ def group_entities(
     ]
 
 
-def align_tags(word_ids: list[int | None], tag_ids: list[int], label_all_subtokens: bool) -> list[int]:
-    """One label per sub-token: the word's tag on its first sub-token (on all of them with
-    ``label_all_subtokens``), -100 on special tokens, padding and continuation sub-tokens."""
+def align_tags(
+    word_ids: list[int | None],
+    tag_ids: list[int],
+    label_all_subtokens: bool,
+    continuing: dict[int, int] | None = None,
+) -> list[int]:
+    """One label per sub-token: the word's tag on its first sub-token, -100 on special
+    tokens, padding and continuation sub-tokens. With ``label_all_subtokens`` continuation
+    sub-tokens get the word's tag too, a B- tag continued as its I- tag (``continuing``,
+    from ``continuation_ids``), as Hugging Face's run_ner does: a word split in three is one
+    entity, B-LOC I-LOC I-LOC, not three."""
     aligned, previous = [], None
     for word in word_ids:
         if word is None:
             aligned.append(IGNORE)
-        elif word != previous or label_all_subtokens:
+        elif word != previous:
             aligned.append(tag_ids[word])
+        elif label_all_subtokens:
+            aligned.append((continuing or {}).get(tag_ids[word], tag_ids[word]))
         else:
             aligned.append(IGNORE)
         previous = word
     return aligned
+
+
+def continuation_ids(names: tuple[str, ...]) -> dict[int, int]:
+    """Each B-X tag's id → its I-X tag's id, where the label map has both."""
+    index = {name: i for i, name in enumerate(names)}
+    return {
+        i: index["I-" + name[2:]]
+        for i, name in enumerate(names)
+        if name.startswith("B-") and "I-" + name[2:] in index
+    }
 
 
 def entity_types(names: tuple[str, ...]) -> list[str]:

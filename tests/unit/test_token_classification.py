@@ -12,6 +12,7 @@ from raft.tasks.token_classification import (
     IGNORE,
     TokenClassificationSpec,
     align_tags,
+    continuation_ids,
     entity_metrics,
     entity_stats,
     entity_types,
@@ -27,6 +28,22 @@ def test_first_subtoken_carries_the_tag():
     word_ids = [None, 0, 0, 0, 1, None, None]
     assert align_tags(word_ids, [1, 3], False) == [IGNORE, 1, IGNORE, IGNORE, 3, IGNORE, IGNORE]
     assert align_tags(word_ids, [1, 3], True) == [IGNORE, 1, 1, 1, 3, IGNORE, IGNORE]
+
+
+def test_all_subtokens_labelled_continue_a_b_tag_as_its_i_tag():
+    """A word in three sub-tokens tagged B-PER is one PER entity, B-PER I-PER I-PER; tagged
+    B B B it counted as three, and a model that learned the right BIO scored F1 0."""
+    names = ("B-LOC", "B-PER", "I-PER", "O")
+    continuing = continuation_ids(names)
+    assert continuing == {1: 2}  # B-LOC has no I-LOC to continue as
+    word_ids = [None, 0, 0, 0, 1, 1, None]
+    aligned = align_tags(word_ids, [1, 0], True, continuing)
+    assert aligned == [IGNORE, 1, 2, 2, 0, 0, IGNORE]
+    gold = np.array([aligned])
+    stats = entity_stats(gold, np.where(gold == IGNORE, 3, gold), names)
+    assert entity_metrics(stats)["f1"] == 1.0
+    assert stats[1].tolist() == [1, 1, 1]  # PER: one entity (true positives, predicted, gold)
+    assert stats[0].tolist() == [2, 2, 2]  # LOC, with no I-LOC tag, stays B-LOC B-LOC: two
 
 
 def test_preprocess_aligns_tags_to_real_subwords():
