@@ -40,14 +40,19 @@ class LabelMap:
         return {name: i for i, name in enumerate(self.names)}
 
     def encode(self, values: Iterable[Any]) -> list[int]:
-        """Map raw label values (class names, or integer ids) to ids; unknown ones raise."""
+        """Map raw label values (class names, or integer ids) to ids; unknown ones raise.
+        Where no class name is an integer, an integer is the id of the class at that index
+        (data that stores ids, named by task.labels: a Hugging Face dataset's ClassLabel)."""
         lookup = self.label2id
         ids = []
         for value in values:
             key = _as_key(value)
-            if key not in lookup:
+            if key in lookup:
+                ids.append(lookup[key])
+            elif (index := id_of(key, self.names)) is not None:
+                ids.append(index)
+            else:
                 raise ValueError(f"label {value!r} is not one of the classes {list(self.names)}")
-            ids.append(lookup[key])
         return ids
 
     def decode(self, ids: Iterable[int]) -> list[str]:
@@ -84,7 +89,7 @@ def infer_label_map(observed: Sequence[Any], declared: Sequence[str] | None = No
         raise ValueError(f"labels must be class names or integer ids, found {bad[:3]!r}")
     keys = sorted({_as_key(v) for v in observed})
     if declared is not None:
-        unknown = [k for k in keys if k not in set(declared)]
+        unknown = [k for k in keys if k not in set(declared) and id_of(k, declared) is None]
         if unknown:
             raise ValueError(f"the data has labels {unknown} that task.labels {list(declared)} does not list")
         return LabelMap(tuple(declared))
@@ -98,3 +103,12 @@ def infer_label_map(observed: Sequence[Any], declared: Sequence[str] | None = No
 
 def _is_int(text: str) -> bool:
     return text.lstrip("-").isdigit()
+
+
+def id_of(key: str, names: Sequence[str]) -> int | None:
+    """An integer label's class id when ``names`` name integer ids: when no name is itself
+    an integer (else 3 could be the class named "3" or the fourth class), and it is in range."""
+    if not _is_int(key) or any(_is_int(name) for name in names):
+        return None
+    index = int(key)
+    return index if 0 <= index < len(names) else None

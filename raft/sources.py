@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import pyarrow.fs as pafs
 
+from raft.labels import id_of
+
 EXTENSIONS = {
     "jsonl": (".jsonl", ".json", ".jsonl.gz", ".json.gz"),
     "csv": (".csv", ".csv.gz", ".tsv"),
@@ -223,6 +225,21 @@ def has_split(source: Source, split: str) -> bool:
 
     loaded = datasets.load_from_disk(source.uri)
     return isinstance(loaded, datasets.DatasetDict) and split in loaded
+
+
+def class_label_names(source: Source, split: str | None, column: str) -> list[str] | None:
+    """The class names a saved Hugging Face dataset declares for ``column`` (a ClassLabel,
+    or a sequence of them: conll2003's ner_tags), whose cells hold ids; None otherwise."""
+    if not source.is_hf:
+        return None
+    import datasets
+
+    feature = _hf_split(source, split).features.get(column)
+    while isinstance(feature, (datasets.Sequence, datasets.LargeList, list)):
+        feature = feature[0] if isinstance(feature, list) else feature.feature
+    if isinstance(feature, datasets.ClassLabel) and len(feature.names) >= 2:
+        return list(feature.names)
+    return None
 
 
 def load_hf(source: Source, split: str | None):
@@ -564,7 +581,7 @@ def label_fault(value: object, column: str, declared: list[str] | None = None) -
     if isinstance(value, (int, float)) and value < 0:
         return RowFault(BAD_LABEL, f"column {column!r}: integer label ids must be 0 or more, got {value!r}")
     key = str(int(value)) if isinstance(value, (int, float)) else value
-    if declared is not None and key not in declared:
+    if declared is not None and key not in declared and id_of(key, declared) is None:
         return RowFault(BAD_LABEL, f"column {column!r}: {value!r} is not one of task.labels {list(declared)}")
     return None
 

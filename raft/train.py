@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from raft import checkpoints, data, registry, storage
+from raft import checkpoints, data, registry, sources, storage
 from raft.cluster import connect, memory_warning
 from raft.failures import training_failure
 from raft.labels import LabelMap
@@ -100,8 +100,21 @@ def check_inputs(spec: Any) -> Any:
         registry.get_task(spec.task.type).check_model(spec.task, spec.model.path)
     except ValueError as error:
         raise RunError(f"model.path {spec.model.path!r}: {error}") from None
-    data.resolve_sources(spec)
-    return spec
+    train_source, _, _ = data.resolve_sources(spec)
+    return with_class_label_names(spec, train_source)
+
+
+def with_class_label_names(spec: Any, train_source: Any) -> Any:
+    """A saved Hugging Face dataset whose label column is a ClassLabel stores ids: its
+    class names become task.labels (when the spec names none), so that the model, its
+    metrics and its predictions use them (NER's entity types come from the tag names)."""
+    column = registry.get_task(spec.task.type).label_column(spec.task)
+    if column is None or getattr(spec.task, "labels", "unset") is not None:
+        return spec
+    names = sources.class_label_names(train_source, spec.data.train_split, column)
+    if names is None:
+        return spec
+    return spec.model_copy(update={"task": spec.task.model_copy(update={"labels": names})})
 
 
 def preflight(spec: Any) -> Any:

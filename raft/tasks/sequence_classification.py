@@ -30,7 +30,8 @@ class SequenceClassificationSpec(TaskSpec):
     labels: list[str] | None = Field(
         None,
         min_length=2,
-        description="Class names in id order. Default: the sorted labels found in the "
+        description="Class names in id order; integer labels are then ids into it (unless a name is "
+        "an integer). Default: a saved dataset's ClassLabel names, else the sorted labels found in the "
         "training data (integer labels keep their values as ids).",
     )
     max_length: PositiveInt = Field(128, description="Tokens per example; longer text is cut.")

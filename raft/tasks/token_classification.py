@@ -39,7 +39,8 @@ class TokenClassificationSpec(TaskSpec):
     labels: list[str] | None = Field(
         None,
         min_length=2,
-        description="Tag names in id order. Default: the sorted tags found in the training data.",
+        description="Tag names in id order; integer tags are then ids into it. Default: a saved "
+        "dataset's ClassLabel names (conll2003's ner_tags), else the sorted tags found in the training data.",
     )
     label_all_subtokens: bool = Field(
         False,

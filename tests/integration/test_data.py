@@ -72,6 +72,47 @@ def test_saved_hf_dataset_uses_its_validation_split(tiny_bert, tmp_path):
     assert (prepared.train_rows, prepared.validation_rows) == (40, 12)
 
 
+def test_a_class_label_column_names_its_ids(tiny_bert, tmp_path):
+    """A saved dataset whose tags are a sequence of ClassLabel ids (as conll2003's ner_tags
+    are) trains under the ClassLabel's names: entity types come from them. Without the
+    names every tag was "0", "1", …, and entity F1 stayed 0 however well the model did."""
+    import datasets
+
+    from raft.train import check_inputs
+
+    names = ["O", "B-NEG", "B-POS"]
+    schema = datasets.Features(
+        {
+            "tokens": datasets.Sequence(datasets.Value("string")),
+            "tags": datasets.Sequence(datasets.ClassLabel(names=names)),
+        }
+    )
+    rows = [
+        {"tokens": ["good" if i % 2 else "bad", "movie"], "tags": [2 if i % 2 else 1, 0]} for i in range(20)
+    ]
+    datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_list(rows, features=schema),
+            "validation": datasets.Dataset.from_list(rows[:6], features=schema),
+        }
+    ).save_to_disk(tmp_path / "hf")
+    document = base_spec(tiny_bert, {"train": str(tmp_path / "hf"), "validation": "x"}, tmp_path)
+    document["data"] = {"train": str(tmp_path / "hf")}
+    document["task"] = {"type": "token_classification", "max_length": 8}
+    spec = check_inputs(validate(document))
+    assert spec.task.labels == names
+    prepared = prepare(spec)
+    assert prepared.labels.names == tuple(names)
+    from raft.registry import get_task
+
+    assert get_task("token_classification").empty_stats(prepared.labels).shape == (3, 3)  # NEG, POS, tokens
+    labels = {tuple(row["labels"][row["labels"] != -100].tolist()) for row in features(prepared.train)}
+    assert labels == {(1, 0), (2, 0)}  # the ids as stored: B-NEG O and B-POS O
+    # Names the spec gives win; integer cells are then ids into them.
+    document["task"]["labels"] = ["O", "B-POS", "B-NEG"]
+    assert check_inputs(validate(document)).task.labels == ["O", "B-POS", "B-NEG"]
+
+
 def test_validation_label_unknown_to_training_is_refused(tiny_bert, tmp_path):
     train = write_jsonl(toy_sentiment_rows(20, seed=1), tmp_path / "t.jsonl")
     val = write_jsonl([{"text": "good", "label": "neutral"}], tmp_path / "v.jsonl")

@@ -25,6 +25,24 @@ def test_declared_labels_fix_the_order_and_must_cover_the_data():
         infer_label_map(["pos", "maybe"], declared=["pos", "neg"])
 
 
+def test_integer_ids_are_named_by_declared_labels_that_are_not_integers():
+    """Data that stores ids (a Hugging Face ClassLabel column, conll2003's ner_tags) is
+    named by task.labels in id order; where a declared name is itself an integer (star
+    ratings "1".."5"), an integer is a name, never an id."""
+    tags = ("O", "B-PER", "I-PER")
+    labels = infer_label_map([0, 2, 1, 0], declared=list(tags))
+    assert labels.names == tags
+    assert labels.encode([0, np.int64(2), 1.0, "I-PER"]) == [0, 2, 1, 2]
+    with pytest.raises(ValueError, match=r"\['3'\]"):
+        infer_label_map([0, 3], declared=list(tags))  # out of range
+    with pytest.raises(ValueError, match="3 is not one of the classes"):
+        labels.encode([3])
+    stars = ("1", "2", "3", "4", "5")
+    assert infer_label_map([1, 5], declared=list(stars)).encode([1, 5]) == [0, 4]
+    with pytest.raises(ValueError, match=r"\['0'\]"):
+        infer_label_map([0, 1], declared=list(stars))
+
+
 def test_unknown_label_at_encode_time_names_it():
     with pytest.raises(ValueError, match="'maybe' is not one of the classes"):
         LabelMap(("neg", "pos")).encode(["pos", "maybe"])

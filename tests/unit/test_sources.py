@@ -255,5 +255,8 @@ def test_shared_cell_checks_name_the_reason():
         assert reason(check(value, "c")) == expected, (check.__name__, value)
     assert reason(label_fault("neutral", "label", ["neg", "pos"])) == "bad_label"
     assert label_fault("pos", "label", ["neg", "pos"]) is None
+    assert label_fault(1, "tags", ["O", "B-PER", "I-PER"]) is None  # an id the declared names name
+    assert reason(label_fault(3, "tags", ["O", "B-PER", "I-PER"])) == "bad_label"  # out of range
+    assert reason(label_fault(0, "stars", ["1", "2", "3"])) == "bad_label"  # integer names: a name
     assert reason(oversized_fault({"text": "x" * (MAX_ROW_BYTES + 1)})) == "too_long"
     assert oversized_fault({"text": "x" * 1000, "tokens": ["y"] * 10}) is None

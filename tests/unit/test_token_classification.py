@@ -248,3 +248,16 @@ def test_validation_loss_is_a_mean_over_scored_tokens_whatever_the_batches(tmp_p
     by_rows = (losses[0] * 1 + losses[1] * 2) / 3
     assert by_rows != pytest.approx(expected, rel=1e-3)
     assert loss_weight({"pixel_values": torch.zeros(5, 3, 4, 4), "labels": torch.zeros(5)}) == 5
+
+
+def test_integer_tags_are_ids_into_the_declared_tag_names():
+    spec = TokenClassificationSpec(max_length=16, labels=list(TAGS.names))
+    row = {"tokens": ["Alice", "in", "Paris"], "tags": [1, 3, 0]}
+    assert TASK.row_fault(row, spec, MINILM) is None
+    assert TASK.row_fault({**row, "tags": [1, 3, 4]}, spec, MINILM).reason == "bad_label"  # no 5th tag
+
+    def preprocessed(tags):
+        batch = {"tokens": np.array([row["tokens"]], dtype=object), "tags": np.array([tags], dtype=object)}
+        return TASK.preprocess(batch, spec, MINILM, TAGS)["labels"]
+
+    assert (preprocessed([1, 3, 0]) == preprocessed(["B-PER", "O", "B-LOC"])).all()
