@@ -165,6 +165,38 @@ def total_steps(rows_per_worker: int, spec: Any) -> int:
     return min(steps, spec.train.max_steps) if spec.train.max_steps else steps
 
 
+def resumed_total_steps(
+    global_step: int, epoch: int, batches_into_epoch: int, rows_per_worker: int, spec: Any
+) -> int:
+    """The LR schedule's length for a run resumed at ``global_step`` (in ``epoch``, that
+    many batches into it) with ``rows_per_worker`` rows a worker now: the steps taken, plus
+    the rest at the rate of the workers running now. A run that resumes with other workers
+    (elastic, or more workers asked for) steps at another rate than it began with: a
+    schedule recounted from scratch would end before the run (the rest at a learning rate
+    of 0) or after it (the rate never decayed)."""
+    accumulation = spec.train.gradient_accumulation_steps
+    per_epoch = steps_per_epoch(rows_per_worker, spec.train.batch_size, accumulation)
+    rest_of_epoch = max(0, per_epoch - batches_into_epoch // accumulation) if epoch < spec.train.epochs else 0
+    steps = global_step + rest_of_epoch + per_epoch * max(0, spec.train.epochs - epoch - 1)
+    return min(steps, spec.train.max_steps) if spec.train.max_steps else steps
+
+
+def reschedule(scheduler: Any, spec: Any, steps: int) -> None:
+    """Give a restored ``LambdaLR`` schedule (transformers' ``get_scheduler``) the length
+    ``steps``, keeping its position; the caller sets the learning rate from it."""
+    import torch
+    from transformers import get_scheduler
+
+    groups = [{"params": [torch.zeros(1, requires_grad=True)]} for _ in scheduler.lr_lambdas]
+    fresh = get_scheduler(
+        spec.train.lr_scheduler,
+        torch.optim.SGD(groups, lr=1.0),
+        num_warmup_steps=warmup_steps(spec, steps),
+        num_training_steps=steps,
+    )
+    scheduler.lr_lambdas = list(fresh.lr_lambdas)
+
+
 def warmup_steps(spec: Any, steps: int) -> int:
     if spec.train.warmup_steps is not None:
         return spec.train.warmup_steps

@@ -30,7 +30,9 @@ from raft.deepspeed_config import (
     build_deepspeed_config,
     micro_batches_per_epoch,
     parameter_groups,
+    reschedule,
     resolve_precision,
+    resumed_total_steps,
     size_buckets,
     total_steps,
     uses_client_optimizer,
@@ -117,6 +119,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
         else None
     )
     state = restored.state if restored else TrainState()
+    if restored:  # at the rate of the workers running now, from where the run is
+        resumed = resumed_total_steps(
+            state.global_step, state.epoch, state.batches_into_epoch, config["train_rows"] // world_size, spec
+        )
+        if resumed != steps and isinstance(engine.lr_scheduler, torch.optim.lr_scheduler.LambdaLR):
+            steps = resumed
+            reschedule(engine.lr_scheduler, spec, steps)
+            _apply_learning_rate(engine, spec.train.lr)
+            log(f"learning-rate schedule: {steps} steps in all with {world_size} workers")
     log.event(
         event="start",
         total_steps=steps,

@@ -98,6 +98,9 @@ def test_an_elastic_run_goes_on_with_the_workers_left_after_a_node_is_lost(
     history = summary["history"]
     assert history[-1]["epoch"] == 1 and history[-1]["global_step"] > 38
     assert 0 < history[-1]["train_loss"] < 10 and history[-1]["val_rows"] == 120  # trained on, scored all
+    # The learning-rate schedule, recounted at one worker's rate, ends with the run.
+    schedule = f"learning-rate schedule: {history[-1]['global_step']} steps in all with 1 workers"
+    assert schedule in output, raft_lines(output)
     print(
         f"\n[fault] node loss: checkpoint at step {killed_after}, resumed at step {resumed['global_step']} "
         f"with 1 worker; {finished_at - lost_at:.1f} s from the kill to the finished run"

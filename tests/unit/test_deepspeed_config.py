@@ -7,7 +7,9 @@ from raft.deepspeed_config import (
     accumulation_step,
     build_deepspeed_config,
     parameter_groups,
+    reschedule,
     resolve_precision,
+    resumed_total_steps,
     size_buckets,
     steps_per_epoch,
     total_steps,
@@ -139,6 +141,41 @@ def test_step_arithmetic():
     capped = spec_with(train={"epochs": 3, "batch_size": 10, "max_steps": 12, "warmup_steps": 2})
     assert total_steps(100, capped) == 12
     assert warmup_steps(capped, 12) == 2
+
+
+def test_a_run_resumed_with_other_workers_gets_a_schedule_as_long_as_its_steps():
+    """1,000 rows, batch 10, 3 epochs: 100 steps an epoch on 1 worker, 50 on 2."""
+    spec = spec_with(train={"epochs": 3, "batch_size": 10})
+    assert total_steps(1000, spec) == 300 and total_steps(500, spec) == 150
+    assert resumed_total_steps(100, 1, 0, 500, spec) == 200  # 1 → 2 workers after epoch 1
+    assert resumed_total_steps(50, 1, 0, 1000, spec) == 250  # 2 → 1
+    assert resumed_total_steps(130, 1, 30, 500, spec) == 130 + 20 + 50  # mid-epoch: 30 of 50 done
+    assert resumed_total_steps(100, 1, 0, 1000, spec) == total_steps(1000, spec)  # same workers
+    capped = spec_with(train={"epochs": 3, "batch_size": 10, "max_steps": 180})
+    assert resumed_total_steps(100, 1, 0, 500, capped) == 180
+
+
+@pytest.mark.parametrize("kind", ["linear", "cosine"])
+def test_a_rescheduled_lr_goes_on_from_where_it_was_to_the_new_end(kind):
+    from transformers import get_scheduler
+
+    spec = spec_with(train={"lr_scheduler": kind, "warmup_steps": 0})
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    scheduler = get_scheduler(kind, optimizer, num_warmup_steps=0, num_training_steps=100)
+    for _ in range(50):
+        optimizer.step()
+        scheduler.step()
+    reschedule(scheduler, spec, 200)
+    longer = get_scheduler(
+        kind,
+        torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0),
+        num_warmup_steps=0,
+        num_training_steps=200,
+    )
+    for step in (50, 150, 199, 200):
+        assert scheduler.lr_lambdas[0](step) == pytest.approx(longer.lr_lambdas[0](step))
+    assert scheduler.lr_lambdas[0](50) > 0.7  # not 0.5, where the 100-step schedule was
+    assert scheduler.last_epoch == 50
 
 
 def test_every_epoch_ends_on_a_step_and_a_short_last_group_is_a_mean():
