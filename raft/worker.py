@@ -941,8 +941,9 @@ def _evaluate(
     for batch in _batches(shard, task, spec, device, started=started):
         outputs = engine(**task.model_inputs(batch))
         scored = loss_weight(batch)
-        loss_sum += float(outputs.loss) * scored
-        weight += scored
+        if scored:  # a batch with nothing scored has a NaN loss
+            loss_sum += float(outputs.loss) * scored
+            weight += scored
         rows += _rows(batch)
         stats = task.combine_stats(stats, task.eval_stats(outputs, batch, labels, context))
     generations = task.sample_generations(samples or [], context)
